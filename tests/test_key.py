@@ -1,0 +1,100 @@
+import json
+import os
+import stat
+
+import numpy as np
+import pytest
+import torch
+
+from timm_ppconvmixer import BlockKey, InvalidKeyError
+
+
+def test_generate_shapes_and_permutations():
+    key = BlockKey.generate((64, 32), 8, channels=3)
+    assert key.image_size == (64, 32) and key.grid_size == (8, 4) and key.num_blocks == 32
+    assert torch.equal(key.block_perm.sort().values, torch.arange(32))
+    assert torch.equal(key.pixel_perm.sort().values, torch.arange(3 * 8 * 8))
+    assert key.np_mask.shape == (192,) and key.np_mask.dtype == torch.bool
+
+
+def test_unseeded_keys_differ_and_seeded_keys_repeat():
+    assert BlockKey.generate(32, 4) != BlockKey.generate(32, 4)
+    a, b = BlockKey.generate(32, 4, seed=7), BlockKey.generate(32, 4, seed=7)
+    assert a == b and a.fingerprint == b.fingerprint
+    assert torch.equal(a.block_perm, b.block_perm)
+    assert BlockKey.generate(32, 4, seed=8).fingerprint != a.fingerprint
+
+
+@pytest.mark.parametrize("size, block", [(30, 4), ((32, 30), 4), (0, 4), (32, 0)])
+def test_bad_geometry_is_refused(size, block):
+    with pytest.raises(InvalidKeyError):
+        BlockKey.generate(size, block)
+
+
+def test_repr_shows_fingerprint_not_secrets():
+    key = BlockKey.generate(32, 4, seed=1)
+    text = repr(key) + str(key) + json.dumps(key.describe())
+    assert key.fingerprint in text
+    assert str(key.block_perm.tolist()[:6])[1:-1] not in text
+
+
+def test_save_load_round_trip_with_owner_only_permissions(tmp_path):
+    key = BlockKey.generate((32, 48), 4, channels=1, seed=3)
+    path = key.save(tmp_path / "owner.key")
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    loaded = BlockKey.load(path)
+    assert loaded == key and loaded.fingerprint == key.fingerprint
+    assert loaded.image_size == (32, 48) and loaded.channels == 1
+    assert torch.equal(loaded.np_mask, key.np_mask)
+    assert [p.name for p in tmp_path.iterdir()] == ["owner.key"]  # no temporary left behind
+
+
+def test_save_refuses_to_overwrite(tmp_path):
+    path = tmp_path / "k.key"
+    BlockKey.generate(32, 4, seed=1).save(path)
+    before = path.read_bytes()
+    with pytest.raises(FileExistsError, match="overwrite"):
+        BlockKey.generate(32, 4, seed=2).save(path)
+    assert path.read_bytes() == before
+    BlockKey.generate(32, 4, seed=2).save(path, overwrite=True)
+    assert BlockKey.load(path) == BlockKey.generate(32, 4, seed=2)
+
+
+def _tampered(tmp_path, edit):
+    data = json.loads(BlockKey.generate(16, 4, seed=0).to_json())
+    edit(data)
+    path = tmp_path / "bad.key"
+    path.write_text(json.dumps(data))
+    return path
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda d: d.update(scheme="other"), "scheme"),
+        (lambda d: d.update(version=99), "version 99"),
+        (lambda d: d.pop("pixel_perm"), "lacks field"),
+        (lambda d: d.update(block_perm=d["block_perm"][:-1]), "block_perm"),
+        (lambda d: d["pixel_perm"].__setitem__(0, d["pixel_perm"][1]), "pixel_perm"),
+        (lambda d: d.update(np_mask=d["np_mask"][:-1]), "np_mask"),
+        (lambda d: d.update(np_mask="2" * len(d["np_mask"])), "np_mask"),
+        (lambda d: d.update(block_size=8), "block_perm"),
+        (lambda d: d.update(image_size=[18, 16]), "multiple"),
+        (lambda d: d.update(fingerprint="ppcm1-0"), "fingerprint mismatch"),
+        (lambda d: d.update(block_perm=list(np.roll(d["block_perm"], 1).tolist())), "fingerprint"),
+    ],
+)
+def test_load_validates_everything(tmp_path, edit, message):
+    path = _tampered(tmp_path, edit)
+    with pytest.raises(InvalidKeyError, match=message) as info:
+        BlockKey.load(path)
+    assert str(path) in str(info.value)
+
+
+def test_load_rejects_non_key_files(tmp_path):
+    path = tmp_path / "x.key"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff")
+    with pytest.raises(InvalidKeyError, match="not a key file"):
+        BlockKey.load(path)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        BlockKey.load(tmp_path / "missing.key")

@@ -1,0 +1,83 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from timm.data import ImageDataset, create_loader
+from timm.data import create_transform as timm_create_transform
+from torchvision.transforms import Normalize
+
+from timm_ppconvmixer import BlockKey, encrypt
+from timm_ppconvmixer.transforms import BlockScramble, create_transform
+
+
+@pytest.fixture
+def key():
+    return BlockKey.generate(32, 8, seed=11)
+
+
+@pytest.fixture
+def photo():
+    rng = np.random.default_rng(0)
+    return Image.fromarray(rng.integers(0, 256, (45, 60, 3), dtype=np.uint8))
+
+
+def _plain_uint8(photo, size):
+    plain = timm_create_transform(size, is_training=False, crop_pct=1.0, use_prefetcher=True)
+    return plain(photo)
+
+
+def test_eval_output_is_normalise_of_encrypted_plain_pipeline(key, photo):
+    plain = _plain_uint8(photo, 32)
+    assert plain.dtype == torch.uint8 and plain.shape == (3, 32, 32)
+    norm = Normalize(
+        mean=torch.tensor((0.485, 0.456, 0.406)), std=torch.tensor((0.229, 0.224, 0.225))
+    )
+    expected = norm(encrypt(plain.float().div(255), key))
+    out = create_transform(key, is_training=False)(photo)
+    assert torch.equal(out, expected)
+
+
+def test_prefetcher_mode_hands_encrypted_uint8_to_the_loader(key, photo):
+    out = create_transform(key, is_training=False, use_prefetcher=True)(photo)
+    assert out.dtype == torch.uint8
+    assert torch.equal(out, encrypt(_plain_uint8(photo, 32), key))
+
+
+def test_block_scramble_on_timm_numpy_chw(key):
+    chw = np.random.default_rng(1).integers(0, 256, (3, 32, 32), dtype=np.uint8)
+    assert np.array_equal(BlockScramble(key)(chw), encrypt(torch.from_numpy(chw), key).numpy())
+    assert np.array_equal(BlockScramble(key, decrypt=True)(BlockScramble(key)(chw)), chw)
+    assert key.fingerprint in repr(BlockScramble(key))
+
+
+def test_grayscale_key_converts_rgb_inputs(photo):
+    key = BlockKey.generate(28, 4, channels=1, seed=0)
+    out = create_transform(key)(photo)
+    assert out.shape == (1, 28, 28)
+
+
+def test_input_size_must_match_key(key):
+    with pytest.raises(ValueError, match="key's"):
+        create_transform(key, input_size=(3, 64, 64))
+
+
+@pytest.mark.parametrize("use_prefetcher", [False, True])
+def test_training_transform_runs_through_timm_loader(image_folder, key, use_prefetcher):
+    dataset = ImageDataset(str(image_folder))
+    loader = create_loader(
+        dataset,
+        input_size=(3, 32, 32),
+        batch_size=4,
+        is_training=True,
+        use_prefetcher=use_prefetcher,
+        device=torch.device("cpu"),
+        num_workers=1,
+        re_prob=0.5 if not use_prefetcher else 0.0,
+    )
+    loader.dataset.transform = create_transform(
+        key, is_training=True, use_prefetcher=use_prefetcher, re_prob=0.0 if use_prefetcher else 0.5
+    )
+    batches = list(loader)
+    assert sum(len(t) for _, t in batches) == 8
+    x, _ = batches[0]
+    assert x.shape == (4, 3, 32, 32) and x.is_floating_point()

@@ -1,0 +1,237 @@
+"""PPConvMixer: timm's ConvMixer with the paper's adaptive permutation matrix, its pretrained
+cfgs and its registrations (paper Sec. III-B, Fig. 1).
+
+The adaptive permutation P (:class:`~timm_ppconvmixer.permutation.AdaptivePermutation`) is the
+last module of ``stem`` (after patch embedding conv, activation and BatchNorm), so every method
+inherited from timm's ``ConvMixer`` (``forward_features``, ``forward_intermediates``,
+``prune_intermediate_layers``, grad checkpointing, ``group_matcher``, which puts P with the stem)
+runs P in its place with no copied code. With ``permutation=False`` the model is exactly timm's
+ConvMixer: same modules, same state dict, Eq. (3) parameters; with P it has Eq. (4) parameters.
+"""
+
+from __future__ import annotations
+
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import to_2tuple
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models.convmixer import ConvMixer
+from torch import nn
+
+from .permutation import AdaptivePermutation
+
+__all__ = ["PPConvMixer", "convmixer_num_params", "ppconvmixer_num_params"]
+
+
+class PPConvMixer(ConvMixer):
+    """ConvMixer (Trockman and Kolter, ICLR 2022) with an adaptive permutation matrix.
+
+    Args:
+        dim, depth, kernel_size, patch_size, in_chans, num_classes, global_pool, drop_rate,
+            act_layer: as timm's ``ConvMixer``. ``patch_size`` must equal the key's block size.
+        img_size: (H, W) or int; fixes the token grid (H/M, W/M) and so P's size n x n. Inputs of
+            another size are refused with a clear error.
+        permutation: add P (default). ``False`` gives the paper's "without P" ablation.
+        permutation_init: ``"kaiming"`` (default, as the adaptation network of the penalty's
+            source [15]) or ``"identity"``; see ``AdaptivePermutation``.
+        penalty_weight: lambda of Eq. (1); the paper uses 1e-4.
+        implicit_penalty: apply lambda * L_U through P's gradient in training (for timm's
+            ``train.py``); set ``False`` when the loss adds ``permutation_penalty()`` itself.
+
+    Example:
+        >>> import timm, timm_ppconvmixer
+        >>> model = timm.create_model("ppconvmixer_512_16", num_classes=10)
+        >>> sum(p.numel() for p in model.parameters())
+        5345306
+    """
+
+    __jit_unused_properties__ = ["permutation"]  # Python-side helper, not part of forward
+
+    def __init__(
+        self,
+        dim: int,
+        depth: int,
+        kernel_size: int = 9,
+        patch_size: int = 7,
+        in_chans: int = 3,
+        num_classes: int = 1000,
+        img_size: int | tuple[int, int] = 224,
+        permutation: bool = True,
+        permutation_init: str = "kaiming",
+        penalty_weight: float = 1e-4,
+        implicit_penalty: bool = True,
+        device=None,
+        dtype=None,
+        **kwargs,
+    ) -> None:
+        super().__init__(
+            dim,
+            depth,
+            kernel_size=kernel_size,
+            patch_size=patch_size,
+            in_chans=in_chans,
+            num_classes=num_classes,
+            device=device,
+            dtype=dtype,
+            **kwargs,
+        )
+        self.img_size = to_2tuple(img_size)
+        self.patch_size = patch_size
+        h, w = self.img_size
+        if h % patch_size or w % patch_size:
+            raise ValueError(
+                f"img_size {h}x{w} is not a multiple of patch_size {patch_size}: with block-wise "
+                "encryption every patch must be exactly one block"
+            )
+        self.grid_size = (h // patch_size, w // patch_size)
+        if permutation:
+            self.stem.append(
+                AdaptivePermutation(
+                    self.grid_size,
+                    init=permutation_init,
+                    penalty_weight=penalty_weight,
+                    implicit_penalty=implicit_penalty,
+                    image_size=self.img_size,
+                    patch_size=patch_size,
+                    device=device,
+                    dtype=dtype,
+                )
+            )
+
+    @property
+    def permutation(self) -> nn.Module | None:
+        """The token permutation module (adaptive P, or a hardened one), or ``None``."""
+        last = self.stem[-1]
+        return last if not isinstance(last, nn.BatchNorm2d) else None
+
+    def permutation_penalty(self):
+        """L_U of the adaptive P (unweighted; see ``permutation.permutation_penalty``).
+
+        Zero for a model without a trainable P. Add ``penalty_weight * permutation_penalty()``
+        to the loss only when ``implicit_penalty`` is off, or the penalty counts twice.
+        """
+        from .permutation import permutation_penalty
+
+        perm = self.permutation
+        if isinstance(perm, AdaptivePermutation):
+            return permutation_penalty(perm.weight)
+        return self.head.weight.new_zeros(()) if hasattr(self.head, "weight") else 0.0
+
+    def set_implicit_penalty(self, enable: bool) -> None:
+        """Turn the gradient-side penalty on or off (off when the loss adds it explicitly)."""
+        perm = self.permutation
+        if isinstance(perm, AdaptivePermutation):
+            perm.implicit_penalty = bool(enable)
+
+
+def convmixer_num_params(
+    dim: int, depth: int, kernel_size: int, patch_size: int, num_classes: int, in_chans: int = 3
+) -> int:
+    """Eq. (3) of the paper, with the paper's 3 input channels generalised to ``in_chans``:
+    ``h [d (k^2 + h + 6) + C M^2 + n_classes + 3] + n_classes``."""
+    h, d, k, m = dim, depth, kernel_size, patch_size
+    return h * (d * (k * k + h + 6) + in_chans * m * m + num_classes + 3) + num_classes
+
+
+def ppconvmixer_num_params(
+    dim: int,
+    depth: int,
+    kernel_size: int,
+    patch_size: int,
+    num_classes: int,
+    img_size: int | tuple[int, int],
+    in_chans: int = 3,
+) -> int:
+    """Eq. (4) of the paper: Eq. (3) plus n^2 for P, n = (H/M)(W/M)."""
+    h, w = to_2tuple(img_size)
+    n = (h // patch_size) * (w // patch_size)
+    return convmixer_num_params(dim, depth, kernel_size, patch_size, num_classes, in_chans) + n * n
+
+
+def _create_ppconvmixer(variant: str, pretrained: bool = False, **kwargs) -> PPConvMixer:
+    out_indices = kwargs.pop("out_indices", 3)
+    model = build_model_with_cfg(
+        PPConvMixer,
+        variant,
+        pretrained,
+        feature_cfg=dict(out_indices=out_indices, feature_cls="getter"),
+        **kwargs,
+    )
+    if isinstance(model, PPConvMixer):
+        # The input size is part of the architecture (P is n x n): keep the cfg that data
+        # pipelines resolve (timm's resolve_data_config) in step with the model actually built.
+        cfg = dict(model.pretrained_cfg)
+        cfg["input_size"] = (model.in_chans, *model.img_size)
+        cfg["pool_size"] = model.grid_size
+        model.pretrained_cfg = model.default_cfg = cfg
+    return model
+
+
+def _cfg(input_size=(3, 224, 224), **kwargs) -> dict:
+    return {
+        "url": "",
+        "num_classes": 1000,
+        "input_size": input_size,
+        "pool_size": None,
+        "crop_pct": 1.0,
+        "interpolation": "bicubic",
+        "fixed_input_size": True,
+        "mean": IMAGENET_DEFAULT_MEAN,
+        "std": IMAGENET_DEFAULT_STD,
+        "classifier": "head",
+        "first_conv": "stem.0",
+        "license": "apache-2.0",
+        **kwargs,
+    }
+
+
+default_cfgs = generate_default_cfgs(
+    {
+        "ppconvmixer_512_16": _cfg(pool_size=(14, 14)),
+        "ppconvmixer_768_32": _cfg(pool_size=(32, 32)),
+        "ppconvmixer_1024_20_ks9_p14": _cfg(pool_size=(16, 16)),
+        "ppconvmixer_1536_20": _cfg(pool_size=(32, 32)),
+        "ppconvmixer_256_8": _cfg(input_size=(3, 32, 32), pool_size=(8, 8)),
+    }
+)
+
+
+def _img_size(kwargs: dict, default: int) -> dict:
+    kwargs.setdefault("img_size", default)
+    return kwargs
+
+
+@register_model
+def ppconvmixer_512_16(pretrained: bool = False, **kwargs) -> PPConvMixer:
+    """The paper's model: h=512, depth 16, kernel 9, block/patch 16, 224x224 (Table I)."""
+    args = dict(dim=512, depth=16, kernel_size=9, patch_size=16, **_img_size(kwargs, 224))
+    return _create_ppconvmixer("ppconvmixer_512_16", pretrained, **args)
+
+
+@register_model
+def ppconvmixer_768_32(pretrained: bool = False, **kwargs) -> PPConvMixer:
+    """timm's convmixer_768_32 (ReLU, kernel 7, patch 7) with P; 224x224."""
+    args = dict(
+        dim=768, depth=32, kernel_size=7, patch_size=7, act_layer=nn.ReLU, **_img_size(kwargs, 224)
+    )
+    return _create_ppconvmixer("ppconvmixer_768_32", pretrained, **args)
+
+
+@register_model
+def ppconvmixer_1024_20_ks9_p14(pretrained: bool = False, **kwargs) -> PPConvMixer:
+    """timm's convmixer_1024_20_ks9_p14 with P; 224x224."""
+    args = dict(dim=1024, depth=20, kernel_size=9, patch_size=14, **_img_size(kwargs, 224))
+    return _create_ppconvmixer("ppconvmixer_1024_20_ks9_p14", pretrained, **args)
+
+
+@register_model
+def ppconvmixer_1536_20(pretrained: bool = False, **kwargs) -> PPConvMixer:
+    """timm's convmixer_1536_20 with P; 224x224."""
+    args = dict(dim=1536, depth=20, kernel_size=9, patch_size=7, **_img_size(kwargs, 224))
+    return _create_ppconvmixer("ppconvmixer_1536_20", pretrained, **args)
+
+
+@register_model
+def ppconvmixer_256_8(pretrained: bool = False, **kwargs) -> PPConvMixer:
+    """Small model for CIFAR-size images: h=256, depth 8, kernel 5, block/patch 4, 32x32."""
+    args = dict(dim=256, depth=8, kernel_size=5, patch_size=4, **_img_size(kwargs, 32))
+    return _create_ppconvmixer("ppconvmixer_256_8", pretrained, **args)

@@ -1,0 +1,137 @@
+"""Encryption as a timm / torchvision transform, and timm's ``create_transform`` around it.
+
+Data flow on the owner's side (design.md section 2): image -> timm augmentation in the plain
+domain -> resize/crop to the key's size -> encrypt -> normalise -> model. Encryption must come
+after every spatial or photometric augmentation (they would break the block grid or act on
+scrambled pixels) and before normalisation (the negative-positive transformation is defined on
+pixel values, paper Sec. III-A step 4).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from PIL import Image
+from timm.data import create_transform as timm_create_transform
+from timm.data.random_erasing import RandomErasing
+from timm.data.transforms import MaybePILToTensor, MaybeToTensor, ToNumpy
+from torchvision import transforms as T
+
+from .cipher import decrypt, encrypt
+from .key import BlockKey
+
+__all__ = ["BlockScramble", "ConvertImageMode", "PlainRandomErasing", "create_transform"]
+
+_TO_TENSOR_STEPS = (MaybeToTensor, MaybePILToTensor, ToNumpy, T.ToTensor, T.PILToTensor)
+
+
+class BlockScramble:
+    """Encrypt (or, for the owner, decrypt) every image that passes through with ``key``.
+
+    Works at either point where timm's pipelines hold a whole image of the final size:
+
+    * after ``ToTensor`` (float in [0, 1], the default non-prefetcher pipeline), before
+      ``Normalize``;
+    * in prefetcher mode (``use_prefetcher=True``), where the loader receives uint8 ``(C, H, W)``
+      tensors (``MaybePILToTensor``) or numpy arrays (``ToNumpy``, older timm) and normalises on
+      the device.
+
+    PIL images of the key's size and mode are accepted too. The repr shows the key's
+    fingerprint, never the key.
+    """
+
+    def __init__(self, key: BlockKey, decrypt: bool = False) -> None:
+        self.key = key
+        self.decrypt = decrypt
+
+    def __call__(self, img: Any) -> Any:
+        if self.decrypt:
+            return decrypt(img, self.key, layout="CHW" if _is_array(img) else "auto")
+        return encrypt(img, self.key, layout="CHW" if _is_array(img) else "auto")
+
+    def __repr__(self) -> str:
+        mode = ", decrypt=True" if self.decrypt else ""
+        return f"{type(self).__name__}(key={self.key.fingerprint}{mode})"
+
+
+def _is_array(img: Any) -> bool:
+    # Arrays inside a timm pipeline come from ToNumpy, which always yields CHW.
+    return type(img).__module__ == "numpy"
+
+
+class ConvertImageMode:
+    """Convert PIL images to the key's channels (``"L"`` for 1, ``"RGB"`` for 3)."""
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+
+    def __call__(self, img: Any) -> Any:
+        if isinstance(img, Image.Image) and img.mode != self.mode:
+            return img.convert(self.mode)
+        return img
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.mode!r})"
+
+
+class PlainRandomErasing:
+    """timm's ``RandomErasing`` moved to the plain domain: it runs on the [0, 1] image before
+    encryption and its random fill is clipped to [0, 1] (timm fills normalised values)."""
+
+    def __init__(self, erasing: RandomErasing) -> None:
+        self.erasing = erasing
+
+    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        return self.erasing(img).clamp_(0.0, 1.0)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.erasing!r})"
+
+
+def create_transform(key: BlockKey, is_training: bool = False, **timm_kwargs: Any) -> T.Compose:
+    """``timm.data.create_transform`` with block-wise encryption in the right place.
+
+    The image is brought to the key's size (``input_size`` is the key's ``(C, H, W)``; for eval
+    ``crop_pct`` defaults to 1.0: resize the short side to the key's size and centre-crop, with no
+    further crop), augmented in the plain domain, converted to a tensor, encrypted, then
+    normalised (or, with ``use_prefetcher=True``, handed to the loader as an encrypted uint8
+    tensor to normalise). PIL inputs are converted to the key's channels first. Random erasing
+    (``re_prob``) is moved before encryption (see :class:`PlainRandomErasing`).
+
+    All other keyword arguments are timm's (``hflip``, ``color_jitter``, ``auto_augment``,
+    ``interpolation``, ``mean``, ``std``, ``use_prefetcher``...). ``input_size`` may be given but
+    must equal the key's; ``separate`` is not supported.
+
+    Example:
+        >>> key = BlockKey.generate(224, 16, seed=0)
+        >>> tf = create_transform(key, is_training=False)
+    """
+    expected = (key.channels, *key.image_size)
+    given = timm_kwargs.pop("input_size", expected)
+    if isinstance(given, int):
+        given = (key.channels, given, given)
+    if tuple(given) != expected:
+        raise ValueError(
+            f"input_size {tuple(given)} differs from the key's (C, H, W) {expected}; the "
+            "transform must produce images of exactly the key's size"
+        )
+    if timm_kwargs.pop("separate", False):
+        raise ValueError("separate=True is not supported: encryption needs the whole pipeline")
+    if not is_training:
+        timm_kwargs.setdefault("crop_pct", 1.0)
+    if key.channels == 1:
+        timm_kwargs.setdefault("mean", (0.5,))
+        timm_kwargs.setdefault("std", (0.5,))
+    pipeline = timm_create_transform(input_size=expected, is_training=is_training, **timm_kwargs)
+    steps = list(pipeline.transforms)
+    erasing = [s for s in steps if isinstance(s, RandomErasing)]
+    steps = [s for s in steps if not isinstance(s, RandomErasing)]
+    at = next((i for i, s in enumerate(steps) if isinstance(s, _TO_TENSOR_STEPS)), None)
+    if at is None:
+        raise ValueError("timm's pipeline has no to-tensor step to encrypt after")
+    plain_tail = [PlainRandomErasing(e) for e in erasing]
+    steps[at + 1 : at + 1] = [*plain_tail, BlockScramble(key)]
+    mode = {1: "L", 3: "RGB"}.get(key.channels)
+    head = [ConvertImageMode(mode)] if mode else []
+    return T.Compose(head + steps)
