@@ -32,7 +32,8 @@ def test_eval_output_is_normalise_of_encrypted_plain_pipeline(key, photo):
     norm = Normalize(
         mean=torch.tensor((0.485, 0.456, 0.406)), std=torch.tensor((0.229, 0.224, 0.225))
     )
-    expected = norm(encrypt(plain.float().div(255), key))
+    # encryption of the plain pipeline's bytes, then ToTensor's scaling, then Normalize
+    expected = norm(encrypt(plain, key).float().div(255))
     out = create_transform(key, is_training=False)(photo)
     assert torch.equal(out, expected)
 

@@ -13,7 +13,8 @@ device (dtype and device are kept); numpy uint8 arrays; PIL images. See :func:`e
 
 from __future__ import annotations
 
-from typing import Literal, TypeVar
+from concurrent.futures import ThreadPoolExecutor
+from typing import Literal, NamedTuple, TypeVar
 
 import numpy as np
 import torch
@@ -21,13 +22,13 @@ from PIL import Image
 
 from .key import BlockKey
 
-__all__ = ["encrypt", "decrypt", "gather_plan", "CipherInputError"]
+__all__ = ["encrypt", "decrypt", "encrypt_hwc_to_chw", "gather_plan", "CipherInputError"]
 
 Layout = Literal["auto", "HWC", "CHW"]
 ImageLike = TypeVar("ImageLike", torch.Tensor, np.ndarray, Image.Image)
 
 _PIL_MODE_FOR_CHANNELS = {1: "L", 3: "RGB"}
-_PLAN_CACHE: dict[tuple[str, bool, str], tuple[torch.Tensor, torch.Tensor]] = {}
+_PLAN_CACHE: dict[tuple[str, bool, str, str], _Plan] = {}
 _PLAN_CACHE_SIZE = 32
 
 
@@ -59,14 +60,14 @@ def _encryption_plan(key: BlockKey) -> tuple[torch.Tensor, torch.Tensor]:
     return index.reshape(-1), key.np_mask[pos].reshape(-1)
 
 
-def gather_plan(key: BlockKey, decrypt: bool = False, device: torch.device | str = "cpu"):
-    """``(index, mask)`` such that ``out = flip(x.flatten(-3)[..., index], mask)``.
+class _Plan(NamedTuple):
+    index: torch.Tensor  # flat gather index, int64
+    mask: torch.Tensor  # bool, where the value is flipped
+    xor_bytes: torch.Tensor  # uint8 0/255 version of mask (255 - v == v XOR 0xFF)
 
-    For decryption the plan is the inverse gather, with the mask moved to plain positions.
-    Cached per key fingerprint, direction and device.
-    """
-    device = torch.device(device)
-    cache_key = (key.fingerprint, decrypt, str(device))
+
+def _plan(key: BlockKey, decrypt: bool, device: torch.device, source_layout: str) -> _Plan:
+    cache_key = (key.fingerprint, decrypt, source_layout, str(device))
     plan = _PLAN_CACHE.get(cache_key)
     if plan is None:
         index, mask = _encryption_plan(key)
@@ -74,11 +75,34 @@ def gather_plan(key: BlockKey, decrypt: bool = False, device: torch.device | str
             inverse = torch.empty_like(index)
             inverse[index] = torch.arange(index.numel())
             index, mask = inverse, mask[inverse]
-        plan = (index.to(device), mask.to(device))
+        if source_layout == "HWC":
+            c, (h, w) = key.channels, key.image_size
+            src_c, src_yx = index // (h * w), index % (h * w)
+            index = src_yx * c + src_c
+        elif source_layout != "CHW":
+            raise ValueError(f"source_layout must be 'CHW' or 'HWC', got {source_layout!r}")
+        plan = _Plan(index.to(device), mask.to(device), (mask.to(torch.uint8) * 255).to(device))
         if len(_PLAN_CACHE) >= _PLAN_CACHE_SIZE:
             _PLAN_CACHE.pop(next(iter(_PLAN_CACHE)))
         _PLAN_CACHE[cache_key] = plan
     return plan
+
+
+def gather_plan(
+    key: BlockKey,
+    decrypt: bool = False,
+    device: torch.device | str = "cpu",
+    source_layout: str = "CHW",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(index, mask)`` such that ``out = flip(x.flatten(-3)[..., index], mask)``.
+
+    ``out`` is always in (C, H, W) order; ``source_layout="HWC"`` indexes a source laid out as
+    (H, W, C), which fuses the HWC -> CHW copy of ``ToTensor`` into the encryption gather. For
+    decryption the plan is the inverse gather, with the mask moved to plain positions. Cached
+    per key fingerprint, direction, layout and device.
+    """
+    plan = _plan(key, decrypt, torch.device(device), source_layout)
+    return plan.index, plan.mask
 
 
 def _check_tensor(x: torch.Tensor, key: BlockKey) -> None:
@@ -95,24 +119,84 @@ def _check_tensor(x: torch.Tensor, key: BlockKey) -> None:
         raise CipherInputError(
             f"unsupported dtype {x.dtype}: use uint8 in [0, 255] or a floating dtype in [0, 1]"
         )
-    if x.numel() and (bool((x < 0).any()) or bool((x > 1).any()) or bool(x.isnan().any())):
-        raise CipherInputError(
-            f"floating images must lie in [0, 1] (got values in [{x.min().item():.4g}, "
-            f"{x.max().item():.4g}]); encrypt before normalising, e.g. right after ToTensor"
-        )
+    if x.numel():
+        lo, hi = torch.aminmax(x)
+        if not (lo >= 0 and hi <= 1):  # also catches NaN
+            raise CipherInputError(
+                f"floating images must lie in [0, 1] (got values in [{lo.item():.4g}, "
+                f"{hi.item():.4g}]); encrypt before normalising, e.g. right after ToTensor"
+            )
+
+
+_SAME_SIZE_INT = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+_POOL: ThreadPoolExecutor | None = None
+_PARALLEL_MIN_ELEMENTS = 1 << 20  # below this a thread hand-off costs more than it saves
+
+
+def _cpu_take(rows: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``rows[:, index]`` for a contiguous 2-D CPU tensor, fast.
+
+    numpy's ``take`` along an axis runs a tight copy loop (several times faster than torch's
+    generic CPU indexing kernels for this shape) and releases the GIL, so large batches are
+    split over ``torch.get_num_threads()`` threads. Elements move as same-size integers, which
+    keeps the gather bit-exact for every dtype (bfloat16 included).
+    """
+    global _POOL
+    as_int = rows.view(_SAME_SIZE_INT[rows.element_size()])
+    src, idx = as_int.numpy(), index.numpy()
+    out = np.empty_like(src)
+    threads = torch.get_num_threads()
+    if threads > 1 and src.size >= _PARALLEL_MIN_ELEMENTS:
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="ppcm-cipher")
+        if src.shape[0] >= threads:  # split the batch
+            parts = np.array_split(np.arange(src.shape[0]), threads)
+            jobs = [(src[p[0] : p[-1] + 1], idx, out[p[0] : p[-1] + 1]) for p in parts if p.size]
+        else:  # one or few images: split the positions of each
+            jobs = [
+                (src[r], idx[p[0] : p[-1] + 1], out[r, p[0] : p[-1] + 1])
+                for r in range(src.shape[0])
+                for p in np.array_split(np.arange(idx.size), threads)
+            ]
+        list(_POOL.map(lambda job: np.take(job[0], job[1], axis=-1, out=job[2]), jobs))
+    else:
+        np.take(src, idx, axis=1, out=out)
+    return torch.from_numpy(out).view(rows.dtype)
+
+
+def _flip(out: torch.Tensor, plan: _Plan) -> torch.Tensor:
+    if out.dtype == torch.uint8:
+        return out.bitwise_xor_(plan.xor_bytes)  # one vectorised XOR with a 0/255 byte mask
+    return torch.where(plan.mask, 1 - out, out)
 
 
 def _apply_tensor(x: torch.Tensor, key: BlockKey, decrypt: bool) -> torch.Tensor:
+    """``flip(x[..., index], mask)`` over flattened images: the core of the cipher."""
     _check_tensor(x, key)
-    index, mask = gather_plan(key, decrypt, x.device)
-    flat = x.reshape(*x.shape[:-3], -1)
-    out = flat.index_select(-1, index)
-    if x.dtype == torch.uint8:
-        # 255 - v == v XOR 0xFF for uint8: one vectorised XOR with a 0/255 byte mask.
-        out.bitwise_xor_(mask.to(torch.uint8) * 255)
+    plan = _plan(key, decrypt, x.device, "CHW")
+    rows = x.reshape(-1, plan.index.numel())
+    if rows.device.type == "cpu":
+        out = _cpu_take(rows.contiguous(), plan.index)
     else:
-        out = torch.where(mask, 1 - out, out)
-    return out.view(x.shape)
+        out = rows.index_select(1, plan.index)
+    return _flip(out, plan).view(x.shape)
+
+
+def encrypt_hwc_to_chw(a: np.ndarray, key: BlockKey, decrypt: bool = False) -> torch.Tensor:
+    """Encrypt (or decrypt) one uint8 (H, W, C) array straight into a (C, H, W) tensor.
+
+    The layout change ``ToTensor`` would make is folded into the encryption's single gather, so
+    a transform pipeline pays almost nothing for encryption (see ``transforms.EncryptToTensor``).
+    """
+    c, (h, w) = key.channels, key.image_size
+    accepted = [(h, w, c)] + ([(h, w)] if c == 1 else [])
+    if a.dtype != np.uint8 or a.shape not in accepted:
+        raise CipherInputError(
+            f"expected a uint8 (H, W, C) = {(h, w, c)} image, got {a.dtype} {a.shape}"
+        )
+    plan = _plan(key, decrypt, torch.device("cpu"), "HWC")
+    out = torch.from_numpy(np.take(a.reshape(-1), plan.index.numpy()))  # a may be read-only
+    return _flip(out, plan).view(c, h, w)
 
 
 def _numpy_layout(a: np.ndarray, key: BlockKey, layout: Layout) -> str:

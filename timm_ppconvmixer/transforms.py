@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 from timm.data import create_transform as timm_create_transform
@@ -18,10 +19,16 @@ from timm.data.random_erasing import RandomErasing
 from timm.data.transforms import MaybePILToTensor, MaybeToTensor, ToNumpy
 from torchvision import transforms as T
 
-from .cipher import decrypt, encrypt
+from .cipher import decrypt, encrypt, encrypt_hwc_to_chw
 from .key import BlockKey
 
-__all__ = ["BlockScramble", "ConvertImageMode", "PlainRandomErasing", "create_transform"]
+__all__ = [
+    "BlockScramble",
+    "ConvertImageMode",
+    "EncryptToTensor",
+    "PlainRandomErasing",
+    "create_transform",
+]
 
 _TO_TENSOR_STEPS = (MaybeToTensor, MaybePILToTensor, ToNumpy, T.ToTensor, T.PILToTensor)
 
@@ -58,6 +65,35 @@ class BlockScramble:
 def _is_array(img: Any) -> bool:
     # Arrays inside a timm pipeline come from ToNumpy, which always yields CHW.
     return type(img).__module__ == "numpy"
+
+
+class EncryptToTensor:
+    """``ToTensor`` (or, with ``scale=False``, timm's ``MaybePILToTensor``) fused with encryption.
+
+    A PIL image of the key's size and mode is encrypted by one gather that also performs the
+    HWC -> CHW layout change ``ToTensor`` has to make anyway, so encryption adds almost no cost
+    to a pipeline. Output: float32 in [0, 1] (``scale=True``) or uint8 (``scale=False``, for
+    timm's prefetcher loader). Tensors and arrays that arrive here are converted the ordinary
+    way and then encrypted.
+    """
+
+    def __init__(self, key: BlockKey, scale: bool = True) -> None:
+        self.key = key
+        self.scale = scale
+
+    def __call__(self, img: Any) -> torch.Tensor:
+        if isinstance(img, Image.Image):
+            if img.mode != {1: "L", 3: "RGB"}.get(self.key.channels):
+                return BlockScramble(self.key)(img)  # raises the cipher's clear mode error
+            out = encrypt_hwc_to_chw(np.asarray(img), self.key)
+        else:
+            out = encrypt((MaybeToTensor if self.scale else MaybePILToTensor)()(img), self.key)
+        if self.scale and out.dtype == torch.uint8:
+            return out.float().div_(255)  # what ToTensor does, on the encrypted bytes
+        return out
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(key={self.key.fingerprint}, scale={self.scale})"
 
 
 class ConvertImageMode:
@@ -130,8 +166,12 @@ def create_transform(key: BlockKey, is_training: bool = False, **timm_kwargs: An
     at = next((i for i, s in enumerate(steps) if isinstance(s, _TO_TENSOR_STEPS)), None)
     if at is None:
         raise ValueError("timm's pipeline has no to-tensor step to encrypt after")
-    plain_tail = [PlainRandomErasing(e) for e in erasing]
-    steps[at + 1 : at + 1] = [*plain_tail, BlockScramble(key)]
+    if erasing:  # erasing needs the plain tensor: convert, erase, then encrypt
+        steps[at + 1 : at + 1] = [*(PlainRandomErasing(e) for e in erasing), BlockScramble(key)]
+    elif isinstance(steps[at], (MaybeToTensor, MaybePILToTensor)):
+        steps[at] = EncryptToTensor(key, scale=isinstance(steps[at], MaybeToTensor))
+    else:
+        steps.insert(at + 1, BlockScramble(key))
     mode = {1: "L", 3: "RGB"}.get(key.channels)
     head = [ConvertImageMode(mode)] if mode else []
     return T.Compose(head + steps)

@@ -1,0 +1,92 @@
+"""Encryption speed, printed as JSON ratios measured side by side (issue: foundation).
+
+1. ``encrypt`` on a uint8 batch of 224x224 RGB images, block 16, against ``torch.clone`` of the
+   same batch (goal: >= 0.5x clone throughput on CPU).
+2. The per-image cost ``BlockScramble`` adds to timm's default training transform at 224
+   (goal: <= 5 %).
+
+Run: ``python benchmarks/bench_cipher.py [--batch 64 --repeats 30]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+
+import numpy as np
+import torch
+from _timing import interleaved_medians
+from PIL import Image
+from timm.data import create_transform as timm_create_transform
+
+from timm_ppconvmixer import BlockKey, encrypt
+from timm_ppconvmixer.transforms import create_transform
+
+
+def bench_batch(batch: int, repeats: int) -> dict:
+    key = BlockKey.generate(224, 16, seed=0)
+    x = torch.randint(0, 256, (batch, 3, 224, 224), dtype=torch.uint8)
+    med = interleaved_medians(
+        {"encrypt": lambda: encrypt(x, key), "clone": lambda: x.clone()}, repeats
+    )
+    return {
+        "batch": batch,
+        "encrypt_s": med["encrypt"],
+        "clone_s": med["clone"],
+        "encrypt_images_per_s": batch / med["encrypt"],
+        "clone_images_per_s": batch / med["clone"],
+        "throughput_ratio_encrypt_over_clone": med["clone"] / med["encrypt"],
+        "goal": ">= 0.5",
+    }
+
+
+def bench_transform(images: int, repeats: int) -> dict:
+    key = BlockKey.generate(224, 16, seed=0)
+    rng = np.random.default_rng(0)
+    photos = [
+        Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)).resize(
+            (400, 300), Image.Resampling.BILINEAR
+        )
+        for _ in range(images)
+    ]
+    plain = timm_create_transform(224, is_training=True)
+    ours = create_transform(key, is_training=True)
+
+    def run(tf):
+        torch.manual_seed(0)  # same random crops and flips for both pipelines
+        for p in photos:
+            tf(p)
+
+    med = interleaved_medians(
+        {"timm": lambda: run(plain), "with_encryption": lambda: run(ours)}, repeats
+    )
+    return {
+        "images": images,
+        "timm_train_transform_ms_per_image": 1e3 * med["timm"] / images,
+        "with_block_scramble_ms_per_image": 1e3 * med["with_encryption"] / images,
+        "added_cost_fraction": med["with_encryption"] / med["timm"] - 1,
+        "goal": "<= 0.05",
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--images", type=int, default=64)
+    args = parser.parse_args()
+    result = {
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "threads": torch.get_num_threads(),
+        },
+        "torch": torch.__version__,
+        "encrypt_vs_clone": bench_batch(args.batch, args.repeats),
+        "transform_overhead": bench_transform(args.images, max(5, args.repeats // 3)),
+    }
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
