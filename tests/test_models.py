@@ -128,6 +128,7 @@ def test_implicit_penalty_gradient_equals_hand_computed_fp32():
     by_hand = copy.deepcopy(model)
     by_hand.zero_grad()
     by_hand.set_implicit_penalty(False)
+    assert by_hand.penalty_weight == 0.37
     (_loss(by_hand, x, y) + 0.37 * by_hand.permutation_penalty()).backward()
     torch.testing.assert_close(implicit, by_hand.permutation.weight.grad, rtol=1e-6, atol=1e-9)
     # and the penalty term really contributes (not a vacuous equality)

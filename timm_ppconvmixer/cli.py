@@ -116,6 +116,13 @@ def _cmd_image(args: argparse.Namespace, inverse: bool) -> None:
     print(f"wrote {out}")
 
 
+def _cmd_demo(args: argparse.Namespace) -> None:
+    from .demo import run_demo
+
+    summary = run_demo(args.out)
+    print(json.dumps(summary, indent=2))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ppconvmixer",
@@ -147,6 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("input")
         p.add_argument("output", help="lossless output file (.png recommended)")
         p.set_defaults(func=lambda a, inv=inverse: _cmd_image(a, inv))
+    p = sub.add_parser("demo", help="run the project's main job end to end (see README)")
+    p.add_argument("--out", default="outputs/demo", help="output folder")
+    p.set_defaults(func=_cmd_demo)
     return parser
 
 

@@ -44,7 +44,10 @@ class PPConvMixer(ConvMixer):
         5345306
     """
 
-    __jit_unused_properties__ = ["permutation"]  # Python-side helper, not part of forward
+    __jit_unused_properties__ = [
+        "permutation",
+        "penalty_weight",
+    ]  # Python-side helper, not part of forward
 
     def __init__(
         self,
@@ -102,6 +105,12 @@ class PPConvMixer(ConvMixer):
         """The token permutation module (adaptive P, or a hardened one), or ``None``."""
         last = self.stem[-1]
         return last if not isinstance(last, nn.BatchNorm2d) else None
+
+    @property
+    def penalty_weight(self) -> float:
+        """lambda of Eq. (1) for this model's P (0.0 without a trainable P)."""
+        perm = self.permutation
+        return perm.penalty_weight if isinstance(perm, AdaptivePermutation) else 0.0
 
     def permutation_penalty(self):
         """L_U of the adaptive P (unweighted; see ``permutation.permutation_penalty``).

@@ -1,0 +1,34 @@
+# Set-up and checks for a fresh machine. `make demo` runs the main job, `make test` the tests.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TIMM_SUITE_DIR ?= .cache/timm-suite
+
+.PHONY: setup demo test lint timm-suite bench
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+
+setup: $(BIN)/python
+	bash scripts/install_system_data.sh
+	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install -q -e '.[dev]'
+
+demo: setup
+	$(BIN)/ppconvmixer demo --out outputs/demo
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+timm-suite: setup
+	bash scripts/run_timm_model_tests.sh $(BIN)/python $(TIMM_SUITE_DIR)
+
+test: setup lint
+	$(BIN)/python -m pytest -q
+	$(MAKE) timm-suite
+
+bench: setup
+	$(BIN)/python benchmarks/bench_cipher.py
+	$(BIN)/python benchmarks/bench_model.py
+	$(BIN)/python benchmarks/params.py

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Runs timm's own model test suite (tests/test_models.py from the source release of the
+# installed timm version) on every ppconvmixer_* model, with our plugin imported (-p).
+# Usage: scripts/run_timm_model_tests.sh PYTHON WORKDIR
+set -euo pipefail
+python=${1:-python}
+if [[ "$python" == */* ]]; then  # absolute, without resolving the venv's symlink
+    python="$(cd "$(dirname "$python")" && pwd)/$(basename "$python")"
+fi
+workdir=${2:-.cache/timm-suite}
+version=$("$python" -c 'import timm; print(timm.__version__)')
+src="$workdir/timm-$version"
+if [ ! -f "$src/tests/test_models.py" ]; then
+    mkdir -p "$workdir"
+    "$python" -m pip download -q --no-binary :all: --no-deps "timm==$version" -d "$workdir"
+    tar -xzf "$workdir/timm-$version.tar.gz" -C "$workdir" "timm-$version/tests" "timm-$version/pyproject.toml"
+fi
+# Run from a folder that holds only the tests, so `import timm` is the installed timm.
+suite="$workdir/suite-$version"
+rm -rf "$suite" && mkdir -p "$suite" && cp -r "$src/tests" "$suite/"
+cp "$src/pyproject.toml" "$suite/"  # timm's pytest markers
+count=$(cd "$suite" && "$python" -m pytest -p timm_ppconvmixer tests/test_models.py -k ppconvmixer \
+    --collect-only -q -p no:cacheprovider 2>/dev/null | grep -c '::' || true)
+if [ "$count" -lt 30 ]; then
+    echo "timm's model suite selected only $count ppconvmixer tests; expected at least 30" >&2
+    exit 1
+fi
+cd "$suite" && "$python" -m pytest -p timm_ppconvmixer tests/test_models.py -k ppconvmixer \
+    -q -p no:cacheprovider

@@ -1,0 +1,93 @@
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from timm_ppconvmixer import BlockKey, decrypt, encrypt
+from timm_ppconvmixer.demo import SAMPLE_PHOTO
+
+CLI = [str(Path(sys.executable).parent / "ppconvmixer")]
+
+
+def run(*args, ok=True):
+    proc = subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True)
+    if ok:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def test_help_lists_subcommands():
+    out = run("--help").stdout
+    for name in ("keygen", "key-info", "encrypt-image", "decrypt-image", "demo"):
+        assert name in out
+
+
+def test_keygen_key_info_and_no_secret_printed(tmp_path):
+    path = tmp_path / "owner.key"
+    out = run("keygen", path, "--image-size", "32x48", "--block-size", "8").stdout
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    key = BlockKey.load(path)
+    assert key.fingerprint in out and key.image_size == (32, 48)
+    info = json.loads(run("key-info", path).stdout)
+    assert info["fingerprint"] == key.fingerprint and info["num_blocks"] == 24
+    secret = json.dumps(key.pixel_perm.tolist()[:8])[1:-1]
+    assert secret not in out and secret not in json.dumps(info)
+    again = run("keygen", path, ok=False)
+    assert again.returncode != 0 and "refusing to overwrite" in again.stderr
+    assert len(again.stderr.strip().splitlines()) == 1
+
+
+def test_encrypt_and_decrypt_a_real_photo(tmp_path):
+    key_path = tmp_path / "k.key"
+    run("keygen", key_path, "--image-size", "64", "--block-size", "16", "--seed", "3")
+    key = BlockKey.load(key_path)
+    run("encrypt-image", "--key", key_path, SAMPLE_PHOTO, tmp_path / "enc.png")
+    run("decrypt-image", "--key", key_path, tmp_path / "enc.png", tmp_path / "dec.png")
+    enc, dec = Image.open(tmp_path / "enc.png"), Image.open(tmp_path / "dec.png")
+    assert enc.size == (64, 64) and enc.mode == "RGB"
+    assert np.array_equal(np.asarray(encrypt(dec, key)), np.asarray(enc))
+    assert np.array_equal(np.asarray(decrypt(enc, key)), np.asarray(dec))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dec.png", "enc.png", "k.key"]
+
+
+@pytest.mark.parametrize(
+    "make_input, output, message",
+    [
+        (lambda p: SAMPLE_PHOTO, "out.jpg", "lossless"),
+        (lambda p: p / "missing.png", "out.png", "no such file"),
+        (
+            lambda p: (p / "bad.png").write_bytes(b"not an image") and p / "bad.png",
+            "o.png",
+            "cannot read",
+        ),
+    ],
+)
+def test_errors_are_one_clear_line(tmp_path, make_input, output, message):
+    key_path = tmp_path / "k.key"
+    run("keygen", key_path, "--image-size", "32", "--block-size", "8")
+    proc = run(
+        "encrypt-image", "--key", key_path, make_input(tmp_path), tmp_path / output, ok=False
+    )
+    assert proc.returncode == 1
+    assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / output).exists()
+
+
+def test_demo_writes_pictures_and_summary(tmp_path):
+    out = tmp_path / "demo"
+    summary = json.loads(run("demo", "--out", out).stdout)
+    assert summary["photo"]["decryption_exact"] is True
+    assert Path(summary["photo"]["figure"]).is_file()
+    key = BlockKey.load(out / "owner.key")
+    assert summary["key"]["fingerprint"] == key.fingerprint
+    # the key file is the only place the secrets are written
+    secret = json.dumps(key.block_perm.tolist())[1:40]
+    for f in out.iterdir():
+        if f.name != "owner.key" and f.suffix in (".json", ".md"):
+            assert secret not in f.read_text()
