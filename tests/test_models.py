@@ -4,6 +4,7 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
+from timm.data.model_config import resolve_input_data_config
 from timm.models._features import FeatureGetterNet
 from timm.models._features_fx import GraphExtractNet
 from timm.models._manipulate import group_parameters
@@ -62,7 +63,7 @@ def test_eq3_eq4_for_every_config_and_size(name, scale, in_chans):
     assert num_params(model) == ppconvmixer_num_params(h, d, k, m, 10, img, in_chans)
     ablation = timm.create_model(name, permutation=False, **kw)
     assert num_params(ablation) == convmixer_num_params(h, d, k, m, 10, in_chans)
-    assert model.pretrained_cfg["input_size"] == (in_chans, *img)
+    assert resolve_input_data_config(model)["input_size"] == (in_chans, *img)
 
 
 @pytest.mark.parametrize(

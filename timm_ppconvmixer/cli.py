@@ -116,6 +116,50 @@ def _cmd_image(args: argparse.Namespace, inverse: bool) -> None:
     print(f"wrote {out}")
 
 
+def _parse_floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not a comma-separated list of numbers: {text!r}"
+        ) from None
+
+
+def _load_source_model(args: argparse.Namespace):
+    import timm
+    from timm.models import load_checkpoint
+
+    kwargs = {} if args.num_classes is None else {"num_classes": args.num_classes}
+    try:
+        model = timm.create_model(args.model, pretrained=args.pretrained, **kwargs)
+    except RuntimeError as e:  # unknown model name, failed download
+        raise CLIError(f"cannot create model {args.model!r}: {e}") from None
+    if args.checkpoint is not None:
+        path = Path(args.checkpoint)
+        if not path.is_file():
+            raise CLIError(f"{path}: no such checkpoint file")
+        try:
+            load_checkpoint(model, str(path), strict=True)
+        except RuntimeError as e:
+            first_line = str(e).splitlines()[0]
+            raise CLIError(f"{path}: does not fit {args.model} ({first_line})") from None
+    return model.eval()
+
+
+def _cmd_convert(args: argparse.Namespace) -> None:
+    from .convert import ConversionError, encrypt_model
+    from .hub import save_model_folder
+
+    key = BlockKey.load(args.key)
+    source = _load_source_model(args)
+    try:
+        converted = encrypt_model(source, key, mean=args.mean, std=args.std)
+    except ConversionError as e:
+        raise CLIError(str(e)) from None
+    out = save_model_folder(converted, args.output, overwrite=args.overwrite)
+    print(f"wrote {out} (key {key.fingerprint}); load it with timm.create_model('local-dir:{out}')")
+
+
 def _cmd_demo(args: argparse.Namespace) -> None:
     from .demo import run_demo
 
@@ -154,6 +198,25 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("input")
         p.add_argument("output", help="lossless output file (.png recommended)")
         p.set_defaults(func=lambda a, inv=inverse: _cmd_image(a, inv))
+    p = sub.add_parser(
+        "convert",
+        help="turn a plain ConvMixer into an exactly equivalent encrypted-domain model",
+        description="Convert a timm ConvMixer (patch size = the key's block size) into a "
+        "PPConvMixer that gives the same logits on images encrypted with KEY. The output folder "
+        "(model.safetensors + config.json) loads with timm.create_model('local-dir:OUT'). The "
+        "converted weights reveal much of the key to anyone holding the plain model.",
+    )
+    p.add_argument("--key", required=True, help="key file")
+    p.add_argument("--model", required=True, help="timm model name, local-dir:PATH or hf-hub:ID")
+    p.add_argument("--checkpoint", help="weights to load (.safetensors or a timm checkpoint)")
+    p.add_argument("--pretrained", action="store_true", help="load the model's own weights")
+    p.add_argument("--num-classes", type=int, default=None)
+    p.add_argument("--mean", type=_parse_floats, help="normalisation mean, e.g. 0.5,0.5,0.5")
+    p.add_argument("--std", type=_parse_floats, help="normalisation std")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("output", help="folder to write")
+    p.set_defaults(func=_cmd_convert)
+
     p = sub.add_parser("demo", help="run the project's main job end to end (see README)")
     p.add_argument("--out", default="outputs/demo", help="output folder")
     p.set_defaults(func=_cmd_demo)

@@ -36,6 +36,8 @@ class PPConvMixer(ConvMixer):
         penalty_weight: lambda of Eq. (1); the paper uses 1e-4.
         implicit_penalty: apply lambda * L_U through P's gradient in training (for timm's
             ``train.py``); set ``False`` when the loss adds ``permutation_penalty()`` itself.
+        key_fingerprint: the public fingerprint of the key whose encrypted domain the weights
+            work in (set by conversion and training, saved in ``config.json``); never the key.
 
     Example:
         >>> import timm, timm_ppconvmixer
@@ -62,6 +64,7 @@ class PPConvMixer(ConvMixer):
         permutation_init: str = "kaiming",
         penalty_weight: float = 1e-4,
         implicit_penalty: bool = True,
+        key_fingerprint: str | None = None,
         device=None,
         dtype=None,
         **kwargs,
@@ -77,6 +80,7 @@ class PPConvMixer(ConvMixer):
             dtype=dtype,
             **kwargs,
         )
+        self.key_fingerprint = key_fingerprint
         self.img_size = to_2tuple(img_size)
         self.patch_size = patch_size
         h, w = self.img_size
@@ -157,22 +161,16 @@ def ppconvmixer_num_params(
 
 
 def _create_ppconvmixer(variant: str, pretrained: bool = False, **kwargs) -> PPConvMixer:
+    # timm records img_size / in_chans as model traits, so resolve_model_data_config(model)
+    # gives the size the model was built for; the source cfg itself is left as timm keeps it.
     out_indices = kwargs.pop("out_indices", 3)
-    model = build_model_with_cfg(
+    return build_model_with_cfg(
         PPConvMixer,
         variant,
         pretrained,
         feature_cfg=dict(out_indices=out_indices, feature_cls="getter"),
         **kwargs,
     )
-    if isinstance(model, PPConvMixer):
-        # The input size is part of the architecture (P is n x n): keep the cfg that data
-        # pipelines resolve (timm's resolve_data_config) in step with the model actually built.
-        cfg = dict(model.pretrained_cfg)
-        cfg["input_size"] = (model.in_chans, *model.img_size)
-        cfg["pool_size"] = model.grid_size
-        model.pretrained_cfg = model.default_cfg = cfg
-    return model
 
 
 def _cfg(input_size=(3, 224, 224), **kwargs) -> dict:

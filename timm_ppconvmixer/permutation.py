@@ -196,4 +196,8 @@ class HardPermutation(nn.Module):
                 f"token grid {gh}x{gw} does not match the hardened permutation's grid "
                 f"{self.grid_size[0]}x{self.grid_size[1]}"
             )
-        return x.flatten(2).index_select(2, self.source).view(b, c, gh, gw)
+        tokens = x.flatten(2)
+        # gather with a broadcast (expanded, copy-free) index is several times faster on CPU
+        # than index_select along the last dimension
+        index = self.source.expand(b, c, self.source.numel())
+        return torch.gather(tokens, 2, index).view(b, c, gh, gw)
