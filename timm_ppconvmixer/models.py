@@ -202,43 +202,43 @@ default_cfgs = generate_default_cfgs(
 )
 
 
-def _img_size(kwargs: dict, default: int) -> dict:
-    kwargs.setdefault("img_size", default)
-    return kwargs
+def _args(defaults: dict, kwargs: dict) -> dict:
+    # As timm's ViTs do (dict(model_args, **kwargs)), callers may override the architecture,
+    # e.g. a shallower or narrower variant for small data; the name gives the defaults.
+    return dict(defaults, **kwargs)
 
 
 @register_model
 def ppconvmixer_512_16(pretrained: bool = False, **kwargs) -> PPConvMixer:
     """The paper's model: h=512, depth 16, kernel 9, block/patch 16, 224x224 (Table I)."""
-    args = dict(dim=512, depth=16, kernel_size=9, patch_size=16, **_img_size(kwargs, 224))
+    args = _args(dict(dim=512, depth=16, kernel_size=9, patch_size=16, img_size=224), kwargs)
     return _create_ppconvmixer("ppconvmixer_512_16", pretrained, **args)
 
 
 @register_model
 def ppconvmixer_768_32(pretrained: bool = False, **kwargs) -> PPConvMixer:
     """timm's convmixer_768_32 (ReLU, kernel 7, patch 7) with P; 224x224."""
-    args = dict(
-        dim=768, depth=32, kernel_size=7, patch_size=7, act_layer=nn.ReLU, **_img_size(kwargs, 224)
-    )
+    defaults = dict(dim=768, depth=32, kernel_size=7, patch_size=7, act_layer=nn.ReLU)
+    args = _args(dict(defaults, img_size=224), kwargs)
     return _create_ppconvmixer("ppconvmixer_768_32", pretrained, **args)
 
 
 @register_model
 def ppconvmixer_1024_20_ks9_p14(pretrained: bool = False, **kwargs) -> PPConvMixer:
     """timm's convmixer_1024_20_ks9_p14 with P; 224x224."""
-    args = dict(dim=1024, depth=20, kernel_size=9, patch_size=14, **_img_size(kwargs, 224))
+    args = _args(dict(dim=1024, depth=20, kernel_size=9, patch_size=14, img_size=224), kwargs)
     return _create_ppconvmixer("ppconvmixer_1024_20_ks9_p14", pretrained, **args)
 
 
 @register_model
 def ppconvmixer_1536_20(pretrained: bool = False, **kwargs) -> PPConvMixer:
     """timm's convmixer_1536_20 with P; 224x224."""
-    args = dict(dim=1536, depth=20, kernel_size=9, patch_size=7, **_img_size(kwargs, 224))
+    args = _args(dict(dim=1536, depth=20, kernel_size=9, patch_size=7, img_size=224), kwargs)
     return _create_ppconvmixer("ppconvmixer_1536_20", pretrained, **args)
 
 
 @register_model
 def ppconvmixer_256_8(pretrained: bool = False, **kwargs) -> PPConvMixer:
     """Small model for CIFAR-size images: h=256, depth 8, kernel 5, block/patch 4, 32x32."""
-    args = dict(dim=256, depth=8, kernel_size=5, patch_size=4, **_img_size(kwargs, 32))
+    args = _args(dict(dim=256, depth=8, kernel_size=5, patch_size=4, img_size=32), kwargs)
     return _create_ppconvmixer("ppconvmixer_256_8", pretrained, **args)

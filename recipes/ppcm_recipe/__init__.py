@@ -1,0 +1,1 @@
+"""Helpers of the accelerate training recipe (``recipes/train.py``): config, data, evaluation."""

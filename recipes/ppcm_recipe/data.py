@@ -1,0 +1,224 @@
+"""Data for the recipe: sources, transforms, deterministic per-sample augmentation, and a
+batch order that depends only on (seed, epoch), so a resumed run sees exactly the data an
+uninterrupted one would."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from timm.data import ImageDataset
+from timm.data import create_transform as timm_create_transform
+from torch.utils.data import Dataset, Sampler
+
+from timm_ppconvmixer import BlockKey, decrypt
+from timm_ppconvmixer.data import load_fashion_mnist
+from timm_ppconvmixer.transforms import create_transform
+
+
+class LabeledImages:
+    """A uniform view of the sources: ``len``, ``get(i) -> (PIL image, label)``, classes."""
+
+    def __init__(self, source, image_column="image", label_column="label", limit=None):
+        self.source = source
+        self.image_column, self.label_column = image_column, label_column
+        n = len(source)
+        self.length = n if limit is None else min(int(limit), n)
+        if isinstance(source, ImageDataset):
+            self.class_names = list(source.reader.class_to_idx)
+        else:
+            feature = source.features[label_column]
+            self.class_names = list(getattr(feature, "names", [])) or None
+
+    def __len__(self) -> int:
+        return self.length
+
+    def get(self, i: int) -> tuple[Image.Image, int]:
+        if isinstance(self.source, ImageDataset):
+            img, label = self.source[i]
+            return img, int(label)
+        row = self.source[i]
+        return row[self.image_column], int(row[self.label_column])
+
+
+def load_split(cfg: dict, split: str, limit) -> LabeledImages:
+    data = cfg["data"]
+    if data["source"] == "fashion_mnist":
+        return LabeledImages(load_fashion_mnist(split), limit=limit)
+    if data["source"] == "imagefolder":
+        root = Path(data["name"]) / split
+        if not root.is_dir():
+            raise FileNotFoundError(f"image folder split {root} does not exist")
+        return LabeledImages(ImageDataset(str(root)), limit=limit)
+    import datasets
+
+    name = data["name"]
+    if name and Path(name).exists():
+        ds = datasets.load_from_disk(name)
+        ds = ds[split] if isinstance(ds, datasets.DatasetDict) else ds
+    else:
+        ds = datasets.load_dataset(name, split=split)
+    return LabeledImages(ds, data["image_column"], data["label_column"], limit)
+
+
+def _sample_seed(*parts: int) -> int:
+    digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little")
+
+
+class SeededTransformDataset(Dataset):
+    """Applies ``transform`` with RNGs seeded from (seed, epoch, index): the augmentation of a
+    sample does not depend on which worker loads it or on what was loaded before, which makes
+    resumed runs bit-identical to uninterrupted ones."""
+
+    def __init__(self, images: LabeledImages, transform, seed: int) -> None:
+        self.images, self.transform, self.seed = images, transform, seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int):
+        img, label = self.images.get(i)
+        s = _sample_seed(self.seed, self.epoch, i)
+        random.seed(s)
+        np.random.seed(s % 2**32)
+        torch.manual_seed(s)
+        return self.transform(img), label
+
+
+class EpochBatchSampler(Sampler):
+    """Batches of a permutation drawn from (seed, epoch), this process's share of them, from
+    batch ``start`` on. Incomplete batches are dropped so every process takes the same number
+    of steps."""
+
+    def __init__(self, n, batch_size, seed, epoch, world=1, rank=0, start=0, shuffle=True):
+        order = torch.arange(n)
+        if shuffle:
+            order = torch.randperm(
+                n, generator=torch.Generator().manual_seed(_sample_seed(seed, epoch))
+            )
+        per_step = batch_size * world
+        steps = n // per_step
+        self.batches = [
+            order[
+                s * per_step + rank * batch_size : s * per_step + (rank + 1) * batch_size
+            ].tolist()
+            for s in range(start, steps)
+        ]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+def steps_per_epoch(n: int, batch_size: int, world: int) -> int:
+    return n // (batch_size * world)
+
+
+class DecryptedView:
+    """Plain images recovered from an encrypted source with the owner's key (evaluation)."""
+
+    def __init__(self, images: LabeledImages, key: BlockKey) -> None:
+        self.images, self.key = images, key
+        self.class_names = images.class_names
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def get(self, i: int):
+        img, label = self.images.get(i)
+        return decrypt(img.convert({1: "L", 3: "RGB"}[self.key.channels]), self.key), label
+
+
+class EvalDataset(Dataset):
+    def __init__(self, images, transform) -> None:
+        self.images, self.transform = images, transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int):
+        img, label = self.images.get(i)
+        return self.transform(img), label
+
+
+def train_transform(cfg: dict, key: BlockKey | None, input_size, mean, std):
+    """Plain data + key: timm augmentation in the plain domain, then encryption. Encrypted
+    data: no spatial or photometric augmentation (it would break the block grid)."""
+    aug = cfg["augment"]
+    if key is not None and not cfg["data"]["encrypted"]:
+        return create_transform(
+            key,
+            is_training=True,
+            hflip=aug["hflip"],
+            scale=tuple(aug["scale"]),
+            ratio=tuple(aug["ratio"]),
+            color_jitter=aug["color_jitter"],
+            auto_augment=aug["auto_augment"],
+            re_prob=aug["re_prob"],
+            re_mode=aug["re_mode"],
+            interpolation=aug["interpolation"],
+            mean=mean,
+            std=std,
+        )
+    if cfg["data"]["encrypted"]:
+        return encrypted_transform(input_size, mean, std)  # key-free: to tensor, normalise
+    return timm_create_transform(
+        input_size,
+        is_training=True,
+        hflip=aug["hflip"],
+        scale=tuple(aug["scale"]),
+        ratio=tuple(aug["ratio"]),
+        color_jitter=aug["color_jitter"],
+        auto_augment=aug["auto_augment"],
+        re_prob=aug["re_prob"],
+        re_mode=aug["re_mode"],
+        interpolation=aug["interpolation"],
+        mean=mean,
+        std=std,
+    )
+
+
+def encrypted_transform(input_size, mean, std):
+    """Already encrypted images: no resizing (it would mix blocks), to tensor, normalise."""
+    from torchvision import transforms as T
+
+    from timm_ppconvmixer.transforms import ConvertImageMode
+
+    def check_size(img):
+        if img.size != (input_size[2], input_size[1]):
+            raise ValueError(
+                f"encrypted image is {img.size[0]}x{img.size[1]} (WxH), the model takes "
+                f"{input_size[2]}x{input_size[1]}; encrypt the data at the model's size"
+            )
+        return img
+
+    return T.Compose(
+        [
+            ConvertImageMode({1: "L", 3: "RGB"}[input_size[0]]),
+            T.Lambda(check_size),
+            T.ToTensor(),
+            T.Normalize(mean, std),
+        ]
+    )
+
+
+def eval_transform(input_size, mean, std, key: BlockKey | None = None):
+    """Resize/centre-crop to the model's size, encrypt with ``key`` if given, normalise."""
+    if key is not None:
+        return create_transform(key, is_training=False, mean=mean, std=std, interpolation="bicubic")
+    from timm_ppconvmixer.transforms import ConvertImageMode
+
+    tf = timm_create_transform(
+        input_size, is_training=False, crop_pct=1.0, mean=mean, std=std, interpolation="bicubic"
+    )
+    tf.transforms.insert(0, ConvertImageMode({1: "L", 3: "RGB"}[input_size[0]]))
+    return tf

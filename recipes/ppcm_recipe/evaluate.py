@@ -1,0 +1,72 @@
+"""Owner-side evaluation: top-1 with the correct key, on plain images and with a wrong key;
+how much of the block permutation P recovered; a picture of P against the key's inverse block
+permutation (owner only: the picture shows the key's block order)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from timm_ppconvmixer import BlockKey
+from timm_ppconvmixer.permutation import AdaptivePermutation
+
+
+@torch.no_grad()
+def top1(model, loader, device, autocast) -> float:
+    model.eval()
+    correct = total = 0
+    for x, y in loader:
+        x, y = x.to(device), y.to(device)
+        with autocast():
+            logits = model(x)
+        correct += int((logits.argmax(1) == y).sum())
+        total += len(y)
+    return correct / max(total, 1)
+
+
+def inverse_block_permutation_matrix(key: BlockKey) -> torch.Tensor:
+    """The ideal P (paper Fig. 1): P[i, j] = 1 iff encrypted block i holds plain block j."""
+    n = key.num_blocks
+    target = torch.zeros(n, n)
+    target[torch.arange(n), key.block_perm] = 1.0
+    return target
+
+
+def permutation_recovery(model, key: BlockKey) -> float | None:
+    """Share of output tokens j whose largest weight in P comes from the encrypted block that
+    holds plain block j (the block i with ``block_perm[i] == j``)."""
+    perm = getattr(model, "permutation", None)
+    if not isinstance(perm, AdaptivePermutation):
+        return None
+    holder = torch.argsort(key.block_perm)  # holder[j] = i with block_perm[i] = j
+    w = perm.weight.detach().float().cpu()
+    return float((w.argmax(0) == holder).float().mean())
+
+
+def plot_permutation(model, key: BlockKey, path: Path) -> Path | None:
+    """Owner-only figure: learned P next to the key's inverse block permutation."""
+    perm = getattr(model, "permutation", None)
+    if not isinstance(perm, AdaptivePermutation):
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    w = perm.weight.detach().float().cpu()
+    fig, axes = plt.subplots(1, 2, figsize=(9, 4.4))
+    lim = float(w.abs().max())
+    im = axes[0].imshow(w, cmap="RdBu_r", vmin=-lim, vmax=lim)
+    axes[0].set_title("learned P")
+    fig.colorbar(im, ax=axes[0], fraction=0.046)
+    axes[1].imshow(inverse_block_permutation_matrix(key), cmap="Greys")
+    axes[1].set_title("key's inverse block permutation")
+    for ax in axes:
+        ax.set_xlabel("output token j (plain block)")
+        ax.set_ylabel("input token i (encrypted block)")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -1,0 +1,183 @@
+"""Datasets: the real Fashion-MNIST as a ``datasets.Dataset``, and encrypting ``datasets``
+datasets with batched ``map``.
+
+Folder trees (ImageFolder layout) are encrypted by :mod:`timm_ppconvmixer.folders`.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .cipher import encrypt
+from .key import BlockKey
+
+__all__ = [
+    "FASHION_MNIST_CLASSES",
+    "FASHION_MNIST_DIR",
+    "DatasetUnavailableError",
+    "encrypt_dataset",
+    "fashion_mnist_arrays",
+    "load_fashion_mnist",
+    "prepare_for_key",
+]
+
+FASHION_MNIST_DIR = Path(os.environ.get("FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist"))
+FASHION_MNIST_HUB_ID = "zalando-datasets/fashion_mnist"
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)  # fmt: skip
+_FILES = {"train": "train", "test": "t10k"}
+
+
+class DatasetUnavailableError(RuntimeError):
+    """The data is neither on local disk nor reachable online."""
+
+
+def _read_idx(path: Path, magic: int) -> np.ndarray:
+    with gzip.open(path, "rb") as f:
+        header = struct.unpack(">I", f.read(4))[0]
+        if header != magic:
+            raise DatasetUnavailableError(f"{path}: not an IDX file (magic {header:#x})")
+        ndim = magic & 0xFF
+        shape = struct.unpack(f">{ndim}I", f.read(4 * ndim))
+        return np.frombuffer(f.read(), dtype=np.uint8).reshape(shape)
+
+
+def fashion_mnist_arrays(split: str = "train", root: Path | None = None):
+    """``(images uint8 (N, 28, 28), labels uint8 (N,))`` from the IDX files of the Debian
+    package ``dataset-fashion-mnist``."""
+    if split not in _FILES:
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    root = Path(root) if root is not None else FASHION_MNIST_DIR
+    prefix = root / _FILES[split]
+    images = _read_idx(Path(f"{prefix}-images-idx3-ubyte.gz"), 0x803)
+    labels = _read_idx(Path(f"{prefix}-labels-idx1-ubyte.gz"), 0x801)
+    if len(images) != len(labels):
+        raise DatasetUnavailableError(f"{root}: {len(images)} images but {len(labels)} labels")
+    return images, labels
+
+
+def _features():
+    from datasets import ClassLabel, Features
+    from datasets import Image as ImageFeature
+
+    return Features(
+        {"image": ImageFeature(), "label": ClassLabel(names=list(FASHION_MNIST_CLASSES))}
+    )
+
+
+def _generate(split: str, root: str, limit: int | None) -> Iterator[dict]:
+    images, labels = fashion_mnist_arrays(split, Path(root))
+    n = len(images) if limit is None else min(limit, len(images))
+    for i in range(n):
+        yield {"image": Image.fromarray(images[i], mode="L"), "label": int(labels[i])}
+
+
+def load_fashion_mnist(
+    split: str = "train", root: str | Path | None = None, limit: int | None = None
+):
+    """The real Fashion-MNIST ``split`` as a ``datasets.Dataset`` (``image``: 28x28 ``L``,
+    ``label``: ClassLabel with the 10 class names).
+
+    Reads the files the Debian package ``dataset-fashion-mnist`` installs (or ``root``, or
+    ``$FASHION_MNIST_DIR``); the arrow cache of ``datasets`` makes later loads instant. When the
+    files are missing it falls back to the Hub dataset ``zalando-datasets/fashion_mnist``
+    (online only), and otherwise raises :class:`DatasetUnavailableError` saying how to get it.
+    ``limit`` keeps the first ``limit`` examples.
+
+    Example:
+        >>> ds = load_fashion_mnist("test", limit=100)
+        >>> ds[0]["image"].size, ds.features["label"].names[ds[0]["label"]]
+        ((28, 28), 'Ankle boot')
+    """
+    from datasets import Dataset
+
+    root = Path(root) if root is not None else FASHION_MNIST_DIR
+    if (root / f"{_FILES.get(split, split)}-images-idx3-ubyte.gz").is_file():
+        return Dataset.from_generator(
+            _generate,
+            features=_features(),
+            gen_kwargs={"split": split, "root": str(root), "limit": limit},
+        )
+    try:
+        from datasets import load_dataset
+
+        ds = load_dataset(FASHION_MNIST_HUB_ID, split=split)
+    except Exception as e:  # offline, or the Hub refused: one clear message
+        raise DatasetUnavailableError(
+            f"Fashion-MNIST not found in {root} and the Hub dataset {FASHION_MNIST_HUB_ID} "
+            f"could not be loaded ({type(e).__name__}). Install the real files with "
+            "'sudo apt-get install dataset-fashion-mnist' (Debian/Ubuntu) or set "
+            "FASHION_MNIST_DIR to a folder with the four *-idx?-ubyte.gz files."
+        ) from None
+    return ds if limit is None else ds.select(range(min(limit, len(ds))))
+
+
+def prepare_for_key(img: Image.Image, key: BlockKey, resize: str = "shorter-center-crop"):
+    """Convert to the key's channels and bring to its size: ``shorter-center-crop`` (resize
+    the short side, centre-crop) or ``stretch`` (resize to exactly H x W)."""
+    from .cli import prepare_image
+    from .transforms import ConvertImageMode
+
+    if resize == "stretch":
+        img = ConvertImageMode({1: "L", 3: "RGB"}[key.channels])(img)
+        h, w = key.image_size
+        return img if img.size == (w, h) else img.resize((w, h), Image.Resampling.BICUBIC)
+    if resize != "shorter-center-crop":
+        raise ValueError(f"resize must be 'shorter-center-crop' or 'stretch', got {resize!r}")
+    return prepare_image(img, key)
+
+
+def _encrypt_batch(batch: dict, key: BlockKey, column: str, resize: str, decrypt: bool) -> dict:
+    from .cipher import decrypt as decrypt_fn
+
+    images = [prepare_for_key(img, key, resize) for img in batch[column]]
+    stacked = np.stack([np.asarray(img) for img in images])  # (B, H, W) or (B, H, W, C)
+    if key.channels == 1:
+        stacked = stacked[..., None]
+    out = (decrypt_fn if decrypt else encrypt)(stacked, key, layout="HWC")
+    mode = {1: "L", 3: "RGB"}[key.channels]
+    batch[column] = [Image.fromarray(a.squeeze(-1) if key.channels == 1 else a, mode) for a in out]
+    return batch
+
+
+def encrypt_dataset(
+    ds,
+    key: BlockKey,
+    image_column: str = "image",
+    *,
+    num_proc: int | None = None,
+    batch_size: int = 256,
+    resize: str = "shorter-center-crop",
+    decrypt: bool = False,
+):
+    """Encrypt the ``image_column`` of a ``datasets.Dataset`` with ``key`` (batched ``map``).
+
+    Every image is converted to the key's channels and brought to its size (``resize``), then
+    encrypted as one batch gather; the result is stored losslessly (``datasets`` encodes new
+    ``L``/``RGB`` images as PNG). Other columns and the features are preserved. The key is not
+    stored anywhere in the dataset; pass ``decrypt=True`` (owner only) to invert.
+
+    Example:
+        >>> enc = encrypt_dataset(load_fashion_mnist("test", limit=8), key)  # doctest: +SKIP
+        >>> enc.save_to_disk("fmnist-test-encrypted")  # doctest: +SKIP
+    """
+    if image_column not in ds.column_names:
+        raise ValueError(f"no column {image_column!r} in the dataset (columns: {ds.column_names})")
+    return ds.map(
+        _encrypt_batch,
+        batched=True,
+        batch_size=batch_size,
+        num_proc=num_proc,
+        fn_kwargs={"key": key, "column": image_column, "resize": resize, "decrypt": decrypt},
+        features=ds.features,
+        desc="decrypting" if decrypt else "encrypting",
+    )
