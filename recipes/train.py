@@ -25,9 +25,9 @@ import os
 import shutil
 import sys
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
+import datasets
 import numpy as np
 import timm
 import torch
@@ -57,10 +57,9 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 import timm_ppconvmixer  # noqa: F401  (registers the models)
-
-datasets_logging = __import__("datasets").utils.logging
-datasets_logging.disable_progress_bar()  # the training bar is the one to watch
 from timm_ppconvmixer import BlockKey
+
+datasets.utils.logging.disable_progress_bar()  # the training bar is the one to watch
 
 
 class TrainState:
@@ -255,15 +254,24 @@ def main(argv: list[str] | None = None) -> dict:
 
     opt = cfg["optim"]
     optimizer = create_optimizer_v2(
-        model, opt=opt["opt"], lr=opt["lr"], weight_decay=opt["weight_decay"], momentum=opt["momentum"],
+        model,
+        opt=opt["opt"],
+        lr=opt["lr"],
+        weight_decay=opt["weight_decay"],
+        momentum=opt["momentum"],
         **({"eps": opt["eps"]} if opt["eps"] is not None else {}),
-    )  # fmt: skip
+    )
     sch = cfg["sched"]
     scheduler, _ = create_scheduler_v2(
-        optimizer, sched=sch["sched"], num_epochs=tr["epochs"], warmup_epochs=sch["warmup_epochs"],
-        min_lr=sch["min_lr"], warmup_lr=sch["warmup_lr"], updates_per_epoch=updates_per_epoch,
+        optimizer,
+        sched=sch["sched"],
+        num_epochs=tr["epochs"],
+        warmup_epochs=sch["warmup_epochs"],
+        min_lr=sch["min_lr"],
+        warmup_lr=sch["warmup_lr"],
+        updates_per_epoch=updates_per_epoch,
         step_on_epochs=False,
-    )  # fmt: skip
+    )
     model, optimizer = accelerator.prepare(model, optimizer)
     ema = ModelEmaV3(accelerator.unwrap_model(model), decay=tr["ema_decay"]) if tr["ema"] else None
     state = TrainState()
@@ -289,14 +297,19 @@ def main(argv: list[str] | None = None) -> dict:
             from timm_ppconvmixer.encrypted_augment import BlockMixup
 
             mixup = BlockMixup(
-                mixup_alpha=aug["mixup"], cutmix_alpha=aug["cutmix"], block_size=model_patch(accelerator, model),
-                label_smoothing=aug["smoothing"], num_classes=num_classes(accelerator, model),
-            )  # fmt: skip
+                mixup_alpha=aug["mixup"],
+                cutmix_alpha=aug["cutmix"],
+                block_size=model_patch(accelerator, model),
+                label_smoothing=aug["smoothing"],
+                num_classes=num_classes(accelerator, model),
+            )
         else:
             mixup = Mixup(
-                mixup_alpha=aug["mixup"], cutmix_alpha=aug["cutmix"], label_smoothing=aug["smoothing"],
+                mixup_alpha=aug["mixup"],
+                cutmix_alpha=aug["cutmix"],
+                label_smoothing=aug["smoothing"],
                 num_classes=num_classes(accelerator, model),
-            )  # fmt: skip
+            )
     criterion = SoftTargetCrossEntropy() if mixup else LabelSmoothingCrossEntropy(aug["smoothing"])
     autocast = accelerator.autocast
     max_steps = tr["max_steps"]
@@ -352,11 +365,17 @@ def main(argv: list[str] | None = None) -> dict:
                 ema.update(accelerator.unwrap_model(model), step=state.global_step)
             bar.update(1)
             if state.global_step % tr["log_every"] == 0:
-                log.write({
-                    "step": state.global_step, "epoch": state.epoch, "loss": float(loss.detach()),
-                    "ce": float(ce.detach()), "penalty": float(penalty.detach()), "lr": optimizer.param_groups[0]["lr"],
-                    "elapsed_s": round(time.time() - started, 1),
-                })  # fmt: skip
+                log.write(
+                    {
+                        "step": state.global_step,
+                        "epoch": state.epoch,
+                        "loss": float(loss.detach()),
+                        "ce": float(ce.detach()),
+                        "penalty": float(penalty.detach()),
+                        "lr": optimizer.param_groups[0]["lr"],
+                        "elapsed_s": round(time.time() - started, 1),
+                    }
+                )
             done = max_steps is not None and state.global_step >= max_steps
             if done:
                 break
