@@ -15,7 +15,7 @@ setup: $(BIN)/python
 	$(BIN)/pip install -q -e '.[dev]'
 
 demo: setup
-	$(BIN)/ppconvmixer demo --out outputs/demo
+	$(BIN)/python recipes/demo.py --out outputs/demo
 
 lint: setup
 	$(BIN)/ruff check .

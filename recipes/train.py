@@ -364,7 +364,8 @@ def main(argv: list[str] | None = None) -> dict:
             if ema is not None:
                 ema.update(accelerator.unwrap_model(model), step=state.global_step)
             bar.update(1)
-            if state.global_step % tr["log_every"] == 0:
+            done = max_steps is not None and state.global_step >= max_steps
+            if state.global_step % tr["log_every"] == 0 or done:
                 log.write(
                     {
                         "step": state.global_step,
@@ -376,7 +377,6 @@ def main(argv: list[str] | None = None) -> dict:
                         "elapsed_s": round(time.time() - started, 1),
                     }
                 )
-            done = max_steps is not None and state.global_step >= max_steps
             if done:
                 break
             if state.global_step % tr["checkpoint_every"] == 0 and state.step_in_epoch < per_epoch:

@@ -16,6 +16,7 @@ from pathlib import Path
 from PIL import Image, UnidentifiedImageError
 
 from .cipher import CipherInputError, decrypt, encrypt
+from .hub import HubError, add_push_parser
 from .key import BlockKey, InvalidKeyError
 
 LOSSLESS_SUFFIXES = {".png", ".bmp", ".tif", ".tiff", ".ppm", ".pgm", ".webp"}
@@ -160,13 +161,6 @@ def _cmd_convert(args: argparse.Namespace) -> None:
     print(f"wrote {out} (key {key.fingerprint}); load it with timm.create_model('local-dir:{out}')")
 
 
-def _cmd_demo(args: argparse.Namespace) -> None:
-    from .demo import run_demo
-
-    summary = run_demo(args.out)
-    print(json.dumps(summary, indent=2))
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ppconvmixer",
@@ -217,9 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("output", help="folder to write")
     p.set_defaults(func=_cmd_convert)
 
-    p = sub.add_parser("demo", help="run the project's main job end to end (see README)")
-    p.add_argument("--out", default="outputs/demo", help="output folder")
-    p.set_defaults(func=_cmd_demo)
+    add_push_parser(sub)
     return parser
 
 
@@ -228,7 +220,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         args.func(args)
-    except (CLIError, InvalidKeyError, CipherInputError, FileExistsError, FileNotFoundError) as e:
+    except (
+        CLIError,
+        InvalidKeyError,
+        CipherInputError,
+        FileExistsError,
+        FileNotFoundError,
+        HubError,
+    ) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0

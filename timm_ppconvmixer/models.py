@@ -11,6 +11,8 @@ ConvMixer: same modules, same state dict, Eq. (3) parameters; with P it has Eq. 
 
 from __future__ import annotations
 
+import math
+
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import to_2tuple
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
@@ -160,6 +162,29 @@ def ppconvmixer_num_params(
     return convmixer_num_params(dim, depth, kernel_size, patch_size, num_classes, in_chans) + n * n
 
 
+def _check_permutation_size(state_dict: dict, model: PPConvMixer) -> dict:
+    """Refuse weights whose P was built for another input size, naming both sizes: P belongs
+    to the key's block grid and cannot be resized like a position embedding."""
+    perm = model.permutation
+    saved = state_dict.get(f"stem.{len(model.stem) - 1}.weight")
+    if (
+        isinstance(perm, AdaptivePermutation)
+        and saved is not None
+        and saved.shape != perm.weight.shape
+    ):
+        n, m = saved.shape[0], model.patch_size
+        side = math.isqrt(n)
+        trained = f"img_size {side * m}x{side * m}" if side * side == n else f"{n} blocks"
+        h, w = model.img_size
+        raise ValueError(  # not TypeError: timm retries a filter that raises TypeError
+            f"the pretrained weights were trained for {trained} (P is {n}x{n}, blocks of "
+            f"{m}x{m}), but this model was created with img_size {h}x{w} ({perm.num_tokens} "
+            "blocks); P belongs to the key's block grid and cannot be resized: create the model "
+            "with the weights' img_size (config.json model_args), or with pretrained=False"
+        )
+    return state_dict
+
+
 def _create_ppconvmixer(variant: str, pretrained: bool = False, **kwargs) -> PPConvMixer:
     # timm records img_size / in_chans as model traits, so resolve_model_data_config(model)
     # gives the size the model was built for; the source cfg itself is left as timm keeps it.
@@ -169,6 +194,7 @@ def _create_ppconvmixer(variant: str, pretrained: bool = False, **kwargs) -> PPC
         variant,
         pretrained,
         feature_cfg=dict(out_indices=out_indices, feature_cls="getter"),
+        pretrained_filter_fn=_check_permutation_size,
         **kwargs,
     )
 

@@ -110,6 +110,8 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> dict:
         _merge(cfg, data)
     for item in overrides:
         _set_dotted(cfg, item)
+    if cfg["train"]["mixed_precision"] is False:  # YAML reads a bare `no` as false
+        cfg["train"]["mixed_precision"] = "no"
     if cfg["train"]["mixed_precision"] not in ("no", "bf16", "fp16"):
         raise ConfigError("train.mixed_precision must be no, bf16 or fp16")
     if cfg["data"]["source"] not in ("fashion_mnist", "imagefolder", "hf"):

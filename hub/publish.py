@@ -1,0 +1,367 @@
+"""Export and publish the model zoo listed in ``hub/zoo.yaml``.
+
+    python -m hub.publish                        # dry run (default): nothing is uploaded
+    python -m hub.publish --push                 # upload every entry; all must be ready
+    python -m hub.publish --only NAME --push     # upload some entries
+    python hub/publish.py --manifest other.yaml  # the same, as a script
+
+For each entry the dry run loads the weights, exports them exactly as they would be uploaded
+(``model.safetensors``, ``config.json``, ``README.md`` model card), runs the leak guard, and
+shows the files with their sizes, the guard's result and the start of the card. An entry that
+is not ready (weights not there yet, fingerprint or metrics missing, key material found) is
+reported with what to do; ``--push`` then uploads nothing. Uploads use the real
+``huggingface_hub`` client (``HF_TOKEN`` / ``--token``, ``HF_ENDPOINT``) and scan every file
+again first. See docs/hub.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from timm_ppconvmixer.hub import (
+    HubError,
+    export,
+    folder_listing,
+    load_model,
+    recipe_from_file,
+    scan_for_key_material,
+    upload_model_folder,
+)
+from timm_ppconvmixer.key import BlockKey
+
+DEFAULT_MANIFEST = Path(__file__).with_name("zoo.yaml")
+ENTRY_FIELDS = {
+    "name",
+    "repo_id",
+    "weights",
+    "recipe",
+    "dataset",
+    "key_fingerprint",
+    "key_file",
+    "metrics",
+    "license",
+    "private",
+    "revision",
+    "allow_key_derived_weights",
+}
+REQUIRED_FIELDS = ("name", "repo_id", "weights")
+
+
+class ManifestError(ValueError):
+    """The manifest itself is malformed (as opposed to an entry that is not ready yet)."""
+
+
+class NotReadyError(Exception):
+    """An entry cannot be published yet; the message says why and what to do."""
+
+
+@dataclass
+class Entry:
+    """One model of the zoo, with paths resolved against the manifest's ``root``."""
+
+    name: str
+    repo_id: str
+    weights: Path
+    recipe: Path | None = None
+    dataset: str | dict | None = None
+    key_fingerprint: str | None = None
+    key_file: Path | None = None
+    metrics: dict | Path | None = None
+    license: str = "apache-2.0"
+    private: bool = False
+    revision: str | None = None
+    allow_key_derived_weights: bool = False
+
+    @classmethod
+    def from_mapping(cls, raw: Mapping[str, Any], root: Path, defaults: Mapping) -> Entry:
+        """Validate one manifest entry (``defaults`` fill fields it leaves out)."""
+        data = {**defaults, **raw}
+        where = f"entry {raw.get('name', '?')!r}"
+        unknown = sorted(set(data) - ENTRY_FIELDS)
+        if unknown:
+            raise ManifestError(f"{where}: unknown field(s) {', '.join(unknown)}")
+        missing = [k for k in REQUIRED_FIELDS if not data.get(k)]
+        if missing:
+            raise ManifestError(f"{where}: missing {', '.join(missing)}")
+        if str(data["repo_id"]).count("/") != 1:
+            raise ManifestError(f"{where}: repo_id must be 'namespace/name'")
+        metrics = data.get("metrics")
+        if metrics is not None and not isinstance(metrics, (Mapping, str)):
+            raise ManifestError(f"{where}: metrics must be a mapping or a JSON file path")
+        return cls(
+            name=str(data["name"]),
+            repo_id=str(data["repo_id"]),
+            weights=_path(root, data["weights"]),
+            recipe=_path(root, data.get("recipe")),
+            dataset=data.get("dataset"),
+            key_fingerprint=data.get("key_fingerprint"),
+            key_file=_path(root, data.get("key_file")),
+            metrics=_path(root, metrics) if isinstance(metrics, str) else metrics,
+            license=str(data.get("license", "apache-2.0")),
+            private=bool(data.get("private", False)),
+            revision=data.get("revision"),
+            allow_key_derived_weights=bool(data.get("allow_key_derived_weights", False)),
+        )
+
+
+def _path(root: Path, value: Any) -> Path | None:
+    if value is None:
+        return None
+    return root / Path(os.path.expandvars(os.path.expanduser(str(value))))
+
+
+def load_manifest(path: str | os.PathLike) -> list[Entry]:
+    """Read and validate a zoo manifest (format: see ``hub/zoo.yaml``).
+
+    Example:
+        >>> [e.name for e in load_manifest("hub/zoo.yaml")]  # doctest: +SKIP
+        ['ppconvmixer_256_8.fmnist28_demo']
+    """
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ManifestError(f"{path}: no such manifest") from None
+    except yaml.YAMLError as e:
+        raise ManifestError(f"{path}: not valid YAML ({e})") from None
+    if not isinstance(data, Mapping) or data.get("version") != 1:
+        raise ManifestError(f"{path}: expected a mapping with 'version: 1' and 'models'")
+    root = (path.parent / str(data.get("root", "."))).resolve()
+    entries = [
+        Entry.from_mapping(raw, root, data.get("defaults") or {})
+        for raw in data.get("models") or []
+    ]
+    names = [e.name for e in entries]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ManifestError(f"{path}: duplicate entry name(s) {', '.join(duplicates)}")
+    return entries
+
+
+@dataclass
+class Prepared:
+    """An entry exported into a folder, exactly as it would be uploaded."""
+
+    entry: Entry
+    folder: Path
+    key: BlockKey | None
+    guard: str
+    warnings: list[str] = field(default_factory=list)
+
+
+def _load_metrics(entry: Entry) -> dict | None:
+    if not isinstance(entry.metrics, Path):
+        return entry.metrics
+    try:
+        return json.loads(entry.metrics.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise NotReadyError(f"metrics file {entry.metrics} does not exist") from None
+    except json.JSONDecodeError as e:
+        raise NotReadyError(f"metrics file {entry.metrics} is not JSON ({e})") from None
+
+
+def _load_key(entry: Entry) -> BlockKey | None:
+    if entry.key_file is None:
+        return None
+    if not entry.key_file.is_file():
+        raise NotReadyError(
+            f"key_file {entry.key_file} does not exist; the leak guard needs the owner's key "
+            "(or set key_file: null to run only its key-independent checks)"
+        )
+    return BlockKey.load(entry.key_file)
+
+
+def _check_complete(entry: Entry, recorded: str | None) -> None:
+    """What an entry needs before it may be pushed, beyond what a dry run needs."""
+    if entry.key_fingerprint is None:
+        raise NotReadyError(
+            f"key_fingerprint is not set; the weights record {recorded}: copy it into the "
+            "manifest (it pins the weights to their key)"
+        )
+    if not entry.metrics:
+        raise NotReadyError(
+            "metrics are not set; add the measured top-1 accuracies before publishing"
+        )
+
+
+def prepare(entry: Entry, out_dir: Path, for_push: bool) -> Prepared:
+    """Load, check and export one entry into ``out_dir / entry.name`` (leak guard included).
+
+    Raises :class:`NotReadyError` with the reason and what to do.
+    """
+    if not entry.weights.is_dir():
+        raise NotReadyError(
+            f"weights folder {entry.weights} does not exist yet: train the model "
+            f"({entry.recipe or 'see the recipe'}) and save its model folder (model.safetensors "
+            "+ config.json, e.g. timm_ppconvmixer.hub.save_model_folder) there"
+        )
+    try:
+        model = load_model(entry.weights)
+        recorded = getattr(model, "key_fingerprint", None)
+        if entry.key_fingerprint is not None and recorded != entry.key_fingerprint:
+            raise NotReadyError(
+                f"the weights are for key {recorded} but the manifest says "
+                f"{entry.key_fingerprint}: the weights folder holds another model"
+            )
+        if for_push:
+            _check_complete(entry, recorded)
+        key = _load_key(entry)
+        recipe = recipe_from_file(entry.recipe) if entry.recipe else None
+        folder = export(
+            model,
+            out_dir / entry.name,
+            key=key,
+            metrics=_load_metrics(entry),
+            dataset=entry.dataset,
+            recipe=recipe,
+            license=entry.license,
+            repo_id=entry.repo_id,
+            model_name=entry.name,
+            allow_key_derived_weights=entry.allow_key_derived_weights,
+            overwrite=True,  # out_dir is a scratch folder for this run
+        )
+    except HubError as e:  # includes the leak guard's refusal, which names the file
+        raise NotReadyError(str(e)) from e
+    return Prepared(entry, folder, key, _guard_summary(folder, key), _warnings(entry, key))
+
+
+def _guard_summary(folder: Path, key: BlockKey | None) -> str:
+    allowed = scan_for_key_material(folder, key)  # export refused everything else already
+    scanned = len(folder_listing(folder))
+    if key is None:
+        text = f"passed, key-independent checks only ({scanned} files; set key_file to scan)"
+    else:
+        text = f"passed ({scanned} files scanned for the secrets of key {key.fingerprint})"
+    if allowed:
+        text += "; accepted key-derived weights: " + "; ".join(map(str, allowed))
+    return text
+
+
+def _warnings(entry: Entry, key: BlockKey | None) -> list[str]:
+    notes = []
+    if key is None:
+        notes.append("no key_file: the leak guard could not look for this key's secrets")
+    if entry.key_fingerprint is None:
+        notes.append("key_fingerprint not set in the manifest (needed for --push)")
+    if not entry.metrics:
+        notes.append("no metrics: the card will state no accuracy (needed for --push)")
+    return notes
+
+
+def _size(n: int) -> str:
+    return f"{n} B" if n < 1000 else f"{n / 1000:.1f} kB" if n < 10**6 else f"{n / 1e6:.1f} MB"
+
+
+def describe(prepared: Prepared, card_lines: int) -> str:
+    """The dry-run report of one ready entry: files, sizes, leak guard, card preview."""
+    lines = ["  files:"]
+    lines += [f"    {name:<22} {_size(size):>10}" for name, size in folder_listing(prepared.folder)]
+    lines.append(f"  leak guard: {prepared.guard}")
+    lines += [f"  warning: {w}" for w in prepared.warnings]
+    card = (prepared.folder / "README.md").read_text(encoding="utf-8").splitlines()
+    shown = card if card_lines <= 0 else card[:card_lines]
+    lines.append(f"  card preview ({len(shown)} of {len(card)} lines of README.md):")
+    lines += [f"    | {line}" for line in shown]
+    return "\n".join(lines)
+
+
+def _select(entries: list[Entry], only: list[str] | None) -> list[Entry]:
+    if not only:
+        return entries
+    unknown = sorted(set(only) - {e.name for e in entries})
+    if unknown:
+        raise ManifestError(
+            f"no entry named {', '.join(unknown)}; entries: {', '.join(e.name for e in entries)}"
+        )
+    return [e for e in entries if e.name in only]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m hub.publish",
+        description="Export every model of the zoo manifest and show what would be uploaded "
+        "(dry run), or upload it with --push.",
+    )
+    parser.add_argument("--manifest", default=str(DEFAULT_MANIFEST), help="zoo manifest (YAML)")
+    parser.add_argument("--only", action="append", metavar="NAME", help="publish only NAME")
+    parser.add_argument("--push", action="store_true", help="upload (default: dry run)")
+    parser.add_argument("--token", help="Hub token (default: HF_TOKEN or the stored login)")
+    parser.add_argument("--out", help="keep the exported folders here (default: a temp dir)")
+    parser.add_argument("--card-lines", type=int, default=40, help="card lines to preview (0: all)")
+    return parser
+
+
+def _prepare_all(entries: list[Entry], out: Path, args) -> tuple[list[Prepared], int]:
+    ready, not_ready = [], 0
+    for i, entry in enumerate(entries, 1):
+        print(f"[{i}/{len(entries)}] {entry.name} -> {entry.repo_id}", flush=True)
+        try:
+            prepared = prepare(entry, out, for_push=args.push)
+        except NotReadyError as e:
+            not_ready += 1
+            print(f"  NOT READY: {e}")
+            continue
+        ready.append(prepared)
+        print(describe(prepared, args.card_lines))
+    return ready, not_ready
+
+
+def _push_all(ready: list[Prepared], token: str | None) -> None:
+    for p in ready:
+        upload_model_folder(
+            p.folder,
+            p.entry.repo_id,
+            key=p.key,
+            private=p.entry.private,
+            revision=p.entry.revision,
+            token=token,
+            commit_message=f"Publish {p.entry.name} (timm_ppconvmixer zoo)",
+            allow_key_derived_weights=p.entry.allow_key_derived_weights,
+        )
+
+
+def run(args: argparse.Namespace, out: Path) -> int:
+    entries = _select(load_manifest(args.manifest), args.only)
+    ready, not_ready = _prepare_all(entries, out, args)
+    if not args.push:
+        print(
+            f"dry run: nothing uploaded; {len(ready)} ready, {not_ready} not ready. "
+            "Run with --push to upload."
+        )
+        return 0
+    if not_ready:
+        print(
+            f"not pushing anything: {not_ready} entr{'y is' if not_ready == 1 else 'ies are'} "
+            "not ready (fix them, or choose the ready ones with --only NAME)",
+            file=sys.stderr,
+        )
+        return 1
+    _push_all(ready, args.token)
+    print(f"pushed {len(ready)} model(s)")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.out:
+            return run(args, Path(args.out))
+        with tempfile.TemporaryDirectory(prefix="ppconvmixer-zoo-") as tmp:
+            return run(args, Path(tmp))
+    except (ManifestError, HubError, FileExistsError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,44 @@
+"""The main job (README's first command) end to end, at a reduced training size."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import timm
+
+import timm_ppconvmixer  # noqa: F401
+from timm_ppconvmixer import BlockKey
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_demo_runs_end_to_end_and_keeps_the_key_with_the_owner(tmp_path):
+    out = tmp_path / "demo"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "recipes" / "demo.py"), "--out", str(out),
+         "--train-limit", "1024", "train.max_steps=4"],
+        capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    key = BlockKey.load(out / "owner" / "owner.key")
+    assert summary["key_fingerprint"] == key.fingerprint
+    assert set(summary["eval"]) == {"top1_key", "top1_plain", "top1_wrong_key"}
+    for name in ("report.md", "samples.png", "photo.png", "training_curve.png"):
+        assert (out / name).is_file()
+    assert key.fingerprint in (out / "report.md").read_text()
+    model = timm.create_model(f"local-dir:{out / 'export'}", pretrained=True)
+    assert model.key_fingerprint == key.fingerprint
+    # the secrets appear nowhere outside owner/ (nor in the training checkpoints)
+    secret_lists = [json.dumps(t.tolist())[1:-1] for t in (key.block_perm, key.pixel_perm)]
+    for path in out.rglob("*"):
+        if (
+            path.is_file()
+            and "owner" not in path.parts
+            and path.suffix in (".json", ".md", ".yaml")
+        ):
+            text = path.read_text()
+            assert not any(s in text for s in secret_lists), path

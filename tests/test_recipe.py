@@ -1,0 +1,173 @@
+"""The accelerate recipe end to end, in real processes on the real Fashion-MNIST."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm
+import torch
+from PIL import Image
+
+import timm_ppconvmixer  # noqa: F401
+from timm_ppconvmixer import BlockKey, ppconvmixer_num_params
+
+ROOT = Path(__file__).resolve().parents[1]
+TRAIN = ROOT / "recipes" / "train.py"
+FMNIST = ROOT / "recipes" / "configs" / "fashion_mnist_28.yaml"
+PAPER = ROOT / "recipes" / "configs" / "paper_cifar10_ppconvmixer_512_16.yaml"
+ACCELERATE_CPU2 = ROOT / "recipes" / "accelerate" / "cpu2.yaml"
+BIN = Path(sys.executable).parent
+
+TINY = [
+    "data.train_limit=640",
+    "data.val_limit=200",
+    "data.num_workers=2",
+    "model.kwargs.dim=16",
+    "model.kwargs.depth=2",
+    "train.batch_size=64",
+    "train.epochs=2",
+    "train.checkpoint_every=4",
+    "train.log_every=2",
+    "augment.mixup=0.2",
+]
+
+
+@pytest.fixture(scope="module")
+def fmnist_key(tmp_path_factory):
+    return BlockKey.generate(28, 4, channels=1, seed=5).save(
+        tmp_path_factory.mktemp("keys") / "owner.key"
+    )
+
+
+def train_cmd(out, key, *extra, config=FMNIST):
+    return [sys.executable, str(TRAIN), "--config", str(config), *TINY, f"output={out}",
+            f"data.key={key}", *extra]  # fmt: skip
+
+
+def run(cmd, **kw):
+    proc = subprocess.run(cmd, capture_output=True, text=True, **kw)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc
+
+
+@pytest.mark.slow
+def test_training_outputs_are_complete_and_key_free(tmp_path, fmnist_key):
+    out = tmp_path / "run"
+    run(train_cmd(out, fmnist_key))
+    final = json.loads((out / "final_metrics.json").read_text())
+    assert set(final["eval"]) == {"top1_key", "top1_plain", "top1_wrong_key"}
+    assert 0.0 <= final["permutation_recovery"] <= 1.0
+    key = BlockKey.load(fmnist_key)
+    assert final["key_fingerprint"] == key.fingerprint
+    lines = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
+    steps = [ln["step"] for ln in lines if "loss" in ln]
+    assert steps == sorted(steps) and steps[-1] == 20  # 640 // 64 * 2 epochs, logged every 2
+    assert any("eval" in ln for ln in lines)  # per-epoch evaluation
+    assert all(ln["penalty"] > 0 for ln in lines if "loss" in ln)  # L_U is in the loss
+    # the shareable model folder loads with timm and carries the fingerprint, not the key
+    model = timm.create_model(f"local-dir:{out / 'model'}", pretrained=True)
+    assert model.key_fingerprint == key.fingerprint
+    assert (out / "owner" / "p_vs_inverse_block_permutation.png").is_file()
+    secret = json.dumps(key.block_perm.tolist())[1:-1]
+    for path in [*(out / "model").iterdir(), out / "metrics.jsonl", out / "final_metrics.json"]:
+        assert secret not in path.read_bytes().decode("latin-1")
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, fmnist_key):
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    run(train_cmd(straight, fmnist_key))
+    proc = subprocess.Popen(train_cmd(killed, fmnist_key), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.time() + 120
+    while not list((killed / "checkpoints").glob("step_00000008")) and time.time() < deadline:
+        assert proc.poll() is None, "training ended before it could be killed"
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "final_metrics.json").exists()
+    resumed = run(train_cmd(killed, fmnist_key))
+    assert "resumed from" in resumed.stdout + resumed.stderr
+    assert (straight / "model" / "model.safetensors").read_bytes() == (
+        killed / "model" / "model.safetensors"
+    ).read_bytes()
+    a = json.loads((straight / "final_metrics.json").read_text())
+    b = json.loads((killed / "final_metrics.json").read_text())
+    assert a["eval"] == b["eval"] and a["permutation_recovery"] == b["permutation_recovery"]
+
+    def losses(folder):
+        lines = (folder / "metrics.jsonl").read_text().splitlines()
+        return [{k: v for k, v in json.loads(ln).items() if k != "elapsed_s"} for ln in lines]
+
+    assert losses(straight) == losses(killed)
+    assert not list((killed / "checkpoints").glob(".tmp*"))
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_stay_in_sync(tmp_path, fmnist_key):
+    out = tmp_path / "ddp"
+    cmd = [str(BIN / "accelerate"), "launch", "--config_file", str(ACCELERATE_CPU2),
+           "--main_process_port", str(29500 + os.getpid() % 400), *train_cmd(out, fmnist_key)[1:],
+           "data.num_workers=0"]  # fmt: skip
+    run(cmd, timeout=600)
+    records = [json.loads(p.read_text()) for p in sorted((out / "sync").glob("rank*.json"))]
+    assert [r["rank"] for r in records] == [0, 1]
+    assert all(r["world_size"] == 2 and "MULTI_CPU" in r["distributed_type"] for r in records)
+    assert records[0]["weights_sha256"] == records[1]["weights_sha256"]
+    final = json.loads((out / "final_metrics.json").read_text())
+    lines = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
+    assert max(ln["step"] for ln in lines) == 10  # 640 // (64 * 2) * 2 epochs
+    assert final["eval"]["top1_key"] >= 0
+
+
+@pytest.mark.slow
+def test_paper_config_starts_on_cpu(tmp_path):
+    """The paper's config, unchanged but for the data (no internet here: a tiny image folder
+    of 32x32 images, resized to 224 like CIFAR-10) and the step count."""
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for c in range(2):
+            (tmp_path / "data" / split / f"class{c}").mkdir(parents=True)
+            for i in range(4):
+                img = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+                Image.fromarray(img).save(tmp_path / "data" / split / f"class{c}" / f"{i}.png")
+    key = BlockKey.generate(224, 16, seed=0).save(tmp_path / "owner.key")
+    out = tmp_path / "paper"
+    cmd = [sys.executable, str(TRAIN), "--config", str(PAPER), f"output={out}", f"data.key={key}",
+           "data.source=imagefolder", f"data.name={tmp_path / 'data'}", "data.num_workers=0",
+           "train.batch_size=4", "train.max_steps=2", "train.mixed_precision=no",
+           "eval.batch_size=8", "model.kwargs.num_classes=2"]  # fmt: skip
+    run(cmd, timeout=900)
+    final = json.loads((out / "final_metrics.json").read_text())
+    assert final["params"] == ppconvmixer_num_params(512, 16, 9, 16, 2, 224)  # Eq. (4)
+    assert set(final["eval"]) == {"top1_key", "top1_plain", "top1_wrong_key"}
+    assert final["key_fingerprint"] == BlockKey.load(key).fingerprint
+
+
+def test_config_errors_are_one_clear_line(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, str(TRAIN), "--config", str(FMNIST), "train.epochz=3"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert proc.returncode == 1
+    assert "unknown config field 'train.epochz'" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_model_loaded_from_recipe_output_gives_same_logits(tmp_path, fmnist_key):
+    out = tmp_path / "short"
+    run(train_cmd(out, fmnist_key, "train.max_steps=2", "eval.every_epoch=false"))
+    model = timm.create_model(f"local-dir:{out / 'model'}", pretrained=True).eval()
+    from safetensors.torch import load_file
+
+    state = load_file(out / "model" / "model.safetensors")
+    x = torch.randn(2, 1, 28, 28)
+    twin = timm.create_model(f"local-dir:{out / 'model'}", pretrained=False).eval()
+    twin.load_state_dict(state)
+    torch.testing.assert_close(model(x), twin(x))
