@@ -25,7 +25,16 @@ def run(*args, ok=True):
 
 def test_help_lists_subcommands():
     out = run("--help").stdout
-    for name in ("keygen", "key-info", "encrypt-image", "decrypt-image", "convert"):
+    for name in (
+        "keygen",
+        "key-info",
+        "encrypt-image",
+        "decrypt-image",
+        "convert",
+        "encrypt",
+        "decrypt",
+        "push",
+    ):
         assert name in out
 
 

@@ -211,6 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("output", help="folder to write")
     p.set_defaults(func=_cmd_convert)
 
+    from .folders import add_folder_parsers  # `encrypt` / `decrypt` for folder trees
+
+    add_folder_parsers(sub)
     add_push_parser(sub)
     return parser
 
