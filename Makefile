@@ -26,6 +26,7 @@ timm-suite: setup
 
 test: setup lint
 	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m slow
 	$(MAKE) timm-suite
 
 bench: setup

@@ -153,26 +153,10 @@ class EvalDataset(Dataset):
 def train_transform(cfg: dict, key: BlockKey | None, input_size, mean, std):
     """Plain data + key: timm augmentation in the plain domain, then encryption. Encrypted
     data: no spatial or photometric augmentation (it would break the block grid)."""
-    aug = cfg["augment"]
-    if key is not None and not cfg["data"]["encrypted"]:
-        return create_transform(
-            key,
-            is_training=True,
-            hflip=aug["hflip"],
-            scale=tuple(aug["scale"]),
-            ratio=tuple(aug["ratio"]),
-            color_jitter=aug["color_jitter"],
-            auto_augment=aug["auto_augment"],
-            re_prob=aug["re_prob"],
-            re_mode=aug["re_mode"],
-            interpolation=aug["interpolation"],
-            mean=mean,
-            std=std,
-        )
     if cfg["data"]["encrypted"]:
         return encrypted_transform(input_size, mean, std)  # key-free: to tensor, normalise
-    return timm_create_transform(
-        input_size,
+    aug = cfg["augment"]
+    timm_args = dict(
         is_training=True,
         hflip=aug["hflip"],
         scale=tuple(aug["scale"]),
@@ -185,6 +169,9 @@ def train_transform(cfg: dict, key: BlockKey | None, input_size, mean, std):
         mean=mean,
         std=std,
     )
+    if key is not None:
+        return create_transform(key, **timm_args)
+    return timm_create_transform(input_size, **timm_args)
 
 
 def encrypted_transform(input_size, mean, std):
