@@ -50,8 +50,9 @@ def run_train(data: Path, out: Path, *extra: str) -> None:
         sys.executable, TRAIN_PY, "--data-dir", str(data), "--device-modules", "timm_ppconvmixer",
         "--device", "cpu", "--no-prefetcher", "--workers", "0", "--epochs", "1",
         "--batch-size", "8", "--validation-batch-size", "8", "--input-size", "1", "28", "28",
-        "--mean", "0.5", "--std", "0.5", "--opt", "momentum", "--momentum", "0", "--weight-decay", "0",
-        "--lr", "0.5", "--sched", "cosine", "--warmup-epochs", "0", "--smoothing", "0",
+        "--mean", "0.5", "--std", "0.5", "--opt", "momentum", "--momentum", "0",
+        "--weight-decay", "0", "--lr", "0.5", "--sched", "cosine", "--warmup-epochs", "0",
+        "--smoothing", "0",
         "--seed", "0", "--output", str(out), "--experiment", "run", "--checkpoint-hist", "1",
         *KEY_FREE_FLAGS, *extra,
     ]  # fmt: skip
