@@ -98,3 +98,33 @@ def test_load_rejects_non_key_files(tmp_path):
         BlockKey.load(path)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         BlockKey.load(tmp_path / "missing.key")
+
+
+def test_fingerprint_is_salted_so_it_cannot_confirm_a_guessed_key(tmp_path):
+    key = BlockKey.generate(16, 4, seed=3)
+    same_secrets = BlockKey(
+        key.image_size, key.block_size, key.channels, key.block_perm, key.pixel_perm, key.np_mask
+    )  # right permutations and mask, but without the key file's secret salt
+    assert same_secrets.fingerprint != key.fingerprint
+    assert json.loads(key.to_json())["salt"] not in key.fingerprint + repr(key)
+    assert BlockKey.load(key.save(tmp_path / "k.key")).fingerprint == key.fingerprint
+
+
+def test_unsalted_early_key_files_still_load(tmp_path):
+    data = json.loads(BlockKey.generate(16, 4, seed=0).to_json())
+    data.pop("salt")
+    data.pop("fingerprint")
+    path = tmp_path / "old.key"
+    path.write_text(json.dumps(data))
+    key = BlockKey.load(path)
+    assert "salt" not in json.loads(key.to_json())
+    assert BlockKey.load(key.save(tmp_path / "again.key")) == key
+
+
+def test_float_entries_are_refused_not_truncated(tmp_path):
+    data = json.loads(BlockKey.generate(16, 4, seed=0).to_json())
+    data["block_perm"] = [float(v) for v in data["block_perm"]]
+    path = tmp_path / "f.key"
+    path.write_text(json.dumps(data))
+    with pytest.raises(InvalidKeyError, match="list of integers"):
+        BlockKey.load(path)

@@ -7,6 +7,7 @@ Folder trees (ImageFolder layout) are encrypted by :mod:`timm_ppconvmixer.folder
 from __future__ import annotations
 
 import gzip
+import hashlib
 import os
 import struct
 from collections.abc import Iterator
@@ -172,8 +173,14 @@ def encrypt_dataset(
     """
     if image_column not in ds.column_names:
         raise ValueError(f"no column {image_column!r} in the dataset (columns: {ds.column_names})")
+    # datasets would fingerprint the map from its arguments, the key included, and store that
+    # hash with the shared dataset: derive it from the key's salted fingerprint instead.
+    params = (
+        f"{getattr(ds, '_fingerprint', '')}/{key.fingerprint}/{image_column}/{resize}/{decrypt}"
+    )
     return ds.map(
         _encrypt_batch,
+        new_fingerprint=hashlib.sha256(params.encode()).hexdigest()[:16],
         batched=True,
         batch_size=batch_size,
         num_proc=num_proc,

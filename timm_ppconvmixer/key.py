@@ -13,9 +13,10 @@ A key holds the three secrets of the paper's encryption (Sec. III-A, steps 2-4):
 Key file format (``scheme: "ppconvmixer-blockwise"``, ``version: 1``): one UTF-8 JSON object with
 the fields ``scheme``, ``version``, ``image_size`` ([H, W]), ``block_size``, ``channels``,
 ``block_perm`` and ``pixel_perm`` (lists of ints), ``np_mask`` (a string of ``0``/``1``, one
-character per position) and ``fingerprint`` (checked on load). The file is secret: it is written
-with owner-only permissions (0600) and must never travel with a model, dataset or card. Only the
-fingerprint may be published.
+character per position), ``salt`` (16 random bytes as hex, secret: it keeps the fingerprint
+from confirming guesses of the key) and ``fingerprint`` (checked on load). The file is secret:
+it is written with owner-only permissions (0600) and must never travel with a model, dataset
+or card. Only the fingerprint may be published.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ __all__ = ["BlockKey", "InvalidKeyError", "SCHEME", "SCHEME_VERSION"]
 SCHEME = "ppconvmixer-blockwise"
 SCHEME_VERSION = 1
 _FINGERPRINT_PREFIX = "ppcm1-"
+_SALT_BYTES = 16
 
 
 class InvalidKeyError(ValueError):
@@ -86,6 +88,7 @@ class BlockKey:
         block_perm: Sequence[int] | np.ndarray | torch.Tensor,
         pixel_perm: Sequence[int] | np.ndarray | torch.Tensor,
         np_mask: Sequence[int] | np.ndarray | torch.Tensor,
+        salt: bytes | None = None,
     ) -> None:
         size = _as_size(image_size)
         block_size, channels = int(block_size), int(channels)
@@ -113,6 +116,12 @@ class BlockKey:
         self._block_perm = torch.from_numpy(bp.copy())
         self._pixel_perm = torch.from_numpy(pp.copy())
         self._np_mask = torch.from_numpy(mask.astype(bool))
+        # A secret salt makes the public fingerprint useless for checking guesses of the key
+        # (e.g. a block order read off a trained P, plus a search over the rest).
+        # (An empty salt: a key file written before salting; its fingerprint stays unsalted.)
+        self._salt = secrets.token_bytes(_SALT_BYTES) if salt is None else bytes(salt)
+        if len(self._salt) not in (0, _SALT_BYTES):
+            raise InvalidKeyError(f"salt must be {_SALT_BYTES} bytes, got {len(self._salt)}")
         self._fingerprint = self._compute_fingerprint()
 
     # -- construction -------------------------------------------------------------------------
@@ -142,12 +151,14 @@ class BlockKey:
             rng.shuffle(block_perm)
             rng.shuffle(pixel_perm)
             np_mask = [secrets.randbits(1) for _ in range(d)]
+            salt = None  # drawn from the CSPRNG by __init__
         else:
             gen = np.random.Generator(np.random.PCG64(seed))
             block_perm = gen.permutation(n)
             pixel_perm = gen.permutation(d)
             np_mask = gen.integers(0, 2, size=d)
-        return cls(size, block_size, channels, block_perm, pixel_perm, np_mask)
+            salt = gen.bytes(_SALT_BYTES)
+        return cls(size, block_size, channels, block_perm, pixel_perm, np_mask, salt)
 
     # -- attributes ---------------------------------------------------------------------------
 
@@ -201,7 +212,7 @@ class BlockKey:
         return self._fingerprint
 
     def _compute_fingerprint(self) -> str:
-        h = hashlib.sha256()
+        h = hashlib.sha256(self._salt)
         header = f"{SCHEME}/v{SCHEME_VERSION}/{self._image_size[0]}x{self._image_size[1]}"
         header += f"/M{self._block_size}/C{self._channels}"
         h.update(header.encode())
@@ -251,6 +262,7 @@ class BlockKey:
                 "block_perm": self._block_perm.tolist(),
                 "pixel_perm": self._pixel_perm.tolist(),
                 "np_mask": "".join("1" if b else "0" for b in self._np_mask.tolist()),
+                **({"salt": self._salt.hex()} if self._salt else {}),
                 "fingerprint": self._fingerprint,
             }
         )
@@ -299,6 +311,12 @@ class BlockKey:
         missing = [k for k in fields if k not in data]
         if missing:
             raise InvalidKeyError(f"{source}: key file lacks field(s) {', '.join(missing)}")
+        for name in ("block_perm", "pixel_perm"):
+            values = data[name]
+            if not isinstance(values, list) or not all(
+                isinstance(v, int) and not isinstance(v, bool) for v in values
+            ):
+                raise InvalidKeyError(f"{source}: {name} must be a list of integers")
         mask = data["np_mask"]
         if not isinstance(mask, str) or set(mask) - {"0", "1"}:
             raise InvalidKeyError(f"{source}: np_mask must be a string of 0 and 1 characters")
@@ -310,6 +328,7 @@ class BlockKey:
                 data["block_perm"],
                 data["pixel_perm"],
                 [int(c) for c in mask],
+                bytes.fromhex(data.get("salt", "")),  # no salt: an unsalted early key file
             )
         except InvalidKeyError as e:
             raise InvalidKeyError(f"{source}: {e}") from None
