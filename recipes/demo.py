@@ -85,6 +85,12 @@ def report(out: Path, summary: dict) -> Path:
             ("top1_wrong_key", "test images encrypted with a wrong key"),
         )
     )
+    share = summary.get("permutation_recovery")
+    recovery = (
+        "The model has no P." if share is None else
+        f"P recovered the block permutation for {100 * share:.1f} % of the tokens (share of "
+        "output tokens whose largest weight in P comes from the right encrypted block)."
+    )  # fmt: skip
     text = f"""# timm-ppconvmixer demo report
 
 Key fingerprint: `{summary["key_fingerprint"]}` (the key itself: `owner/owner.key`, never shared).
@@ -93,8 +99,7 @@ Key fingerprint: `{summary["key_fingerprint"]}` (the key itself: `owner/owner.ke
 | --- | --- |
 {rows}
 
-P recovered the block permutation for {100 * summary["permutation_recovery"]:.1f} % of the
-tokens (share of output tokens whose largest weight in P comes from the right encrypted block).
+{recovery}
 Model: `{summary["model"]}` ({summary["params"]:,} parameters), trained
 {summary["train_time_s"]} s on {summary["train_images"]} encrypted images.
 
@@ -120,8 +125,12 @@ def main(argv: list[str] | None = None) -> dict:
     started = time.time()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    key = BlockKey.generate(28, 4, channels=1)  # OS CSPRNG: a real secret
-    key_path = key.save(out / "owner" / "owner.key", overwrite=True)
+    key_path = out / "owner" / "owner.key"
+    if key_path.exists():  # a rerun continues with the owner's key (and its checkpoints)
+        key = BlockKey.load(key_path)
+    else:
+        key = BlockKey.generate(28, 4, channels=1)  # OS CSPRNG: a real secret
+        key.save(key_path)
     print(f"1/6 key {key.fingerprint} -> {key_path}", flush=True)
     data = encrypt_data(key, out, args.train_limit)
     print(f"2/6 encrypted dataset -> {data}", flush=True)

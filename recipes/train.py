@@ -12,7 +12,8 @@ Resuming: checkpoints are complete ``save_state`` folders renamed into place; th
 is a function of (seed, epoch) and each sample's augmentation of (seed, epoch, index), so a run
 killed at any point and started again with the same command ends exactly where an
 uninterrupted run would. Outputs (``output``): ``metrics.jsonl``, ``final_metrics.json``,
-``model/`` (safetensors + config.json, shareable), ``checkpoints/`` (for resuming), and
+``model/`` (safetensors + config.json; share it through ``hub.export``, which runs the leak
+guard), ``checkpoints/`` (for resuming), and
 ``owner/`` (evaluation artefacts that show the key's block order: do not share).
 """
 
@@ -20,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import shutil
 import sys
@@ -65,8 +65,9 @@ datasets.utils.logging.disable_progress_bar()  # the training bar is the one to 
 class TrainState:
     """Where training stands; saved and restored with the checkpoints."""
 
-    def __init__(self) -> None:
+    def __init__(self, key_fingerprint: str | None = None) -> None:
         self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
+        self.key_fingerprint = key_fingerprint  # the encrypted domain the weights belong to
 
     def state_dict(self) -> dict:
         return dict(vars(self))
@@ -116,7 +117,7 @@ def check_resumable(out: Path, cfg: dict) -> None:
     saved_path = out / "config.yaml"
     if latest_checkpoint(out / "checkpoints") is None or not saved_path.exists():
         return
-    saved = yaml.safe_load(saved_path.read_text())
+    saved = yaml.safe_load(saved_path.read_text()) or {}
     diffs = [
         f"{section}.{field}" if isinstance(cfg[section], dict) else section
         for section in cfg
@@ -130,6 +131,12 @@ def check_resumable(out: Path, cfg: dict) -> None:
             f"{out} holds checkpoints of a run with a different config ({', '.join(diffs)}); "
             "use another output folder, or delete its checkpoints/ to start over"
         )
+
+
+def write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def latest_checkpoint(folder: Path) -> Path | None:
@@ -165,8 +172,15 @@ class MetricsLog:
     def truncate_after(self, step: int) -> None:
         if not self.enabled or not self.path.exists():
             return
-        keep = [ln for ln in self.path.read_text().splitlines() if json.loads(ln)["step"] <= step]
-        self.path.write_text("".join(ln + "\n" for ln in keep))
+        keep = []
+        for line in self.path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:  # a line torn by the kill: nothing after it counts
+                break
+            if record["step"] <= step:
+                keep.append(line + "\n")
+        write_atomic(self.path, "".join(keep))
 
     def write(self, record: dict) -> None:
         if self.enabled:
@@ -225,9 +239,10 @@ def main(argv: list[str] | None = None) -> dict:
     out = Path(cfg["output"])
     main_proc = accelerator.is_main_process
     check_resumable(out, cfg)
+    accelerator.wait_for_everyone()  # every process has read the old config before it changes
     if main_proc:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+        write_atomic(out / "config.yaml", yaml.safe_dump(cfg, sort_keys=False))
     set_seed(cfg["seed"])
     model = build_model(cfg)
     input_size = resolve_input_data_config(model)["input_size"]
@@ -247,10 +262,10 @@ def main(argv: list[str] | None = None) -> dict:
         train_images, train_transform(cfg, key, input_size, mean, std), cfg["seed"]
     )
     world, rank = accelerator.num_processes, accelerator.process_index
-    per_epoch = steps_per_epoch(len(train_set), tr["batch_size"], world)
+    per_epoch = steps_per_epoch(len(train_set), tr["batch_size"], world, tr["grad_accum"])
     if per_epoch == 0:
         raise ConfigError(f"{len(train_set)} training images are fewer than one batch per process")
-    updates_per_epoch = math.ceil(per_epoch / tr["grad_accum"])
+    updates_per_epoch = per_epoch // tr["grad_accum"]
 
     opt = cfg["optim"]
     optimizer = create_optimizer_v2(
@@ -274,7 +289,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     model, optimizer = accelerator.prepare(model, optimizer)
     ema = ModelEmaV3(accelerator.unwrap_model(model), decay=tr["ema_decay"]) if tr["ema"] else None
-    state = TrainState()
+    state = TrainState(key.fingerprint if key is not None else None)
     accelerator.register_for_checkpointing(scheduler, state)
     if ema is not None:
         accelerator.register_for_checkpointing(ema)
@@ -283,7 +298,13 @@ def main(argv: list[str] | None = None) -> dict:
     log = MetricsLog(out / "metrics.jsonl", main_proc)
     resume = latest_checkpoint(ckpt_dir)
     if resume is not None:
+        expected = state.key_fingerprint
         accelerator.load_state(str(resume))
+        if state.key_fingerprint != expected:
+            raise ConfigError(
+                f"{resume} was trained for key {state.key_fingerprint}, but data.key is "
+                f"{expected}; use another output folder for another key"
+            )
         log.truncate_after(state.global_step)
         accelerator.print(f"resumed from {resume} (epoch {state.epoch}, step {state.global_step})")
     elif main_proc:
@@ -331,15 +352,17 @@ def main(argv: list[str] | None = None) -> dict:
             world,
             rank,
             start=state.step_in_epoch,
+            multiple_of=tr["grad_accum"],
         )
         model.train()
         for x, y in make_loader(train_set, sampler, cfg["data"]["num_workers"]):
             x, y = x.to(accelerator.device), y.to(accelerator.device)
+            # RNG state per step, not a stream: mixup and dropout draw the same numbers in a
+            # resumed run as in an uninterrupted one
+            step_seed = _sample_seed(cfg["seed"], state.epoch, state.step_in_epoch, rank)
+            np.random.seed(step_seed % 2**32)
+            torch.manual_seed(step_seed)
             if mixup is not None:
-                np.random.seed(
-                    _sample_seed(cfg["seed"], state.epoch, state.step_in_epoch, rank) % 2**32
-                )
-                torch.manual_seed(_sample_seed(cfg["seed"], state.epoch, state.step_in_epoch, rank))
                 x, y = mixup(x, y)
             with accelerator.accumulate(model):
                 with autocast():
@@ -495,6 +518,6 @@ def write_sync_record(accelerator, model, out: Path) -> None:
 if __name__ == "__main__":
     try:
         main()
-    except (ConfigError, FileNotFoundError) as e:
+    except (ConfigError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)

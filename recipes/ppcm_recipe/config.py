@@ -88,6 +88,11 @@ def _set_dotted(cfg: dict, dotted: str) -> None:
         raise ConfigError(f"override {dotted!r} must look like section.field=value")
     path, raw = dotted.split("=", 1)
     value = yaml.safe_load(raw)
+    if isinstance(value, str):  # YAML 1.1 reads 1e-4 as a string; people mean the number
+        try:
+            value = float(value)
+        except ValueError:
+            pass
     keys = path.split(".")
     node = cfg
     for k in keys[:-1]:

@@ -97,14 +97,16 @@ class EpochBatchSampler(Sampler):
     batch ``start`` on. Incomplete batches are dropped so every process takes the same number
     of steps."""
 
-    def __init__(self, n, batch_size, seed, epoch, world=1, rank=0, start=0, shuffle=True):
+    def __init__(
+        self, n, batch_size, seed, epoch, world=1, rank=0, start=0, shuffle=True, multiple_of=1
+    ):
         order = torch.arange(n)
         if shuffle:
             order = torch.randperm(
                 n, generator=torch.Generator().manual_seed(_sample_seed(seed, epoch))
             )
         per_step = batch_size * world
-        steps = n // per_step
+        steps = steps_per_epoch(n, batch_size, world, multiple_of)
         self.batches = [
             order[
                 s * per_step + rank * batch_size : s * per_step + (rank + 1) * batch_size
@@ -119,8 +121,10 @@ class EpochBatchSampler(Sampler):
         return len(self.batches)
 
 
-def steps_per_epoch(n: int, batch_size: int, world: int) -> int:
-    return n // (batch_size * world)
+def steps_per_epoch(n: int, batch_size: int, world: int, grad_accum: int = 1) -> int:
+    """Full batches per process, rounded down to whole optimizer steps: leftover
+    micro-batches would carry gradients into the next epoch (and past a checkpoint)."""
+    return n // (batch_size * world) // grad_accum * grad_accum
 
 
 class DecryptedView:
