@@ -279,3 +279,25 @@ def test_convert_cli_writes_a_folder_timm_loads(tmp_path):
         loaded(normalise(encrypt(x, key), plain)), plain(normalise(x, plain)), rtol=0, atol=1e-4
     )
     assert key_path.read_text()[:40] not in (out / "config.json").read_text()
+
+
+def test_an_encrypted_model_is_not_encrypted_twice():
+    key = BlockKey.generate((16, 12), 4, seed=1)
+    model = trained_like_model()
+    model.key_fingerprint = key.fingerprint
+    with pytest.raises(ConversionError, match="rekey_model"):
+        encrypt_model(model, BlockKey.generate((16, 12), 4, seed=2))
+
+
+def test_convert_cli_needs_weights(tmp_path):
+    import subprocess
+    from pathlib import Path
+
+    key_path = BlockKey.generate(224, 14, seed=3).save(tmp_path / "owner.key")
+    cli = Path(sys.executable).parent / "ppconvmixer"
+    proc = subprocess.run(
+        [cli, "convert", "--key", key_path, "--model", "convmixer_1024_20_ks9_p14", tmp_path / "o"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert proc.returncode == 1 and "no weights to convert" in proc.stderr
+    assert not (tmp_path / "o").exists()

@@ -13,6 +13,7 @@ device (dtype and device are kept); numpy uint8 arrays; PIL images. See :func:`e
 
 from __future__ import annotations
 
+import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Literal, NamedTuple, TypeVar
 
@@ -131,6 +132,15 @@ def _check_tensor(x: torch.Tensor, key: BlockKey) -> None:
 _SAME_SIZE_INT = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 _POOL: ThreadPoolExecutor | None = None
 _PARALLEL_MIN_ELEMENTS = 1 << 20  # below this a thread hand-off costs more than it saves
+
+
+def _forget_pool_after_fork() -> None:
+    # a forked child inherits the pool object but not its threads: map() would wait forever
+    global _POOL
+    _POOL = None
+
+
+os.register_at_fork(after_in_child=_forget_pool_after_fork)
 
 
 def _cpu_take(rows: torch.Tensor, index: torch.Tensor) -> torch.Tensor:

@@ -130,6 +130,8 @@ def _load_source_model(args: argparse.Namespace):
     import timm
     from timm.models import load_checkpoint
 
+    if args.checkpoint is None and not args.pretrained:
+        raise CLIError("no weights to convert: pass --checkpoint FILE or --pretrained")
     kwargs = {} if args.num_classes is None else {"num_classes": args.num_classes}
     try:
         model = timm.create_model(args.model, pretrained=args.pretrained, **kwargs)
@@ -230,6 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         FileExistsError,
         FileNotFoundError,
         HubError,
+        OSError,
     ) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

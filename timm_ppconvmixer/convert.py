@@ -205,6 +205,11 @@ def encrypt_model(model: nn.Module, key: BlockKey, *, mean=None, std=None) -> PP
         >>> private = encrypt_model(plain, key)
     """
     _check_fit(model, key)
+    if getattr(model, "key_fingerprint", None):
+        raise ConversionError(
+            f"the model already works on images encrypted with key {model.key_fingerprint}; "
+            "use rekey_model(model, old_key, new_key) to move it to another key"
+        )
     mean_t, std_t = _norm_stats(model, key.channels, mean, std)
     new = _rebuild_as_ppconvmixer(model, key)
     _map_stem(new.stem[0], key, mean_t, std_t, to_encrypted=True)
