@@ -1,0 +1,76 @@
+"""Fashion-MNIST from the Debian package's files, and encrypting `datasets` datasets."""
+
+import numpy as np
+import pytest
+from datasets import Dataset, load_dataset, load_from_disk
+from PIL import Image
+
+from timm_ppconvmixer import BlockKey, decrypt, encrypt
+from timm_ppconvmixer.data import (
+    FASHION_MNIST_CLASSES,
+    DatasetUnavailableError,
+    encrypt_dataset,
+    fashion_mnist_arrays,
+    load_fashion_mnist,
+)
+
+
+def test_fashion_mnist_is_the_real_data():
+    images, labels = fashion_mnist_arrays("test")
+    assert images.shape == (10000, 28, 28) and images.dtype == np.uint8
+    assert np.bincount(labels).tolist() == [1000] * 10  # the test split is balanced
+    ds = load_fashion_mnist("test", limit=50)
+    assert len(ds) == 50 and ds.features["label"].names == list(FASHION_MNIST_CLASSES)
+    assert np.array_equal(np.asarray(ds[3]["image"]), images[3]) and ds[3]["label"] == labels[3]
+
+
+def test_missing_files_give_one_clear_message(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # no network: the Hub fallback must fail cleanly
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    with pytest.raises(DatasetUnavailableError, match="apt-get install dataset-fashion-mnist"):
+        load_fashion_mnist("test", root=tmp_path)
+
+
+def test_encrypt_dataset_round_trips_through_save_and_load(tmp_path):
+    key = BlockKey.generate(28, 4, channels=1, seed=4)
+    ds = load_fashion_mnist("test", limit=40).add_column("note", [f"n{i}" for i in range(40)])
+    enc = encrypt_dataset(ds, key, batch_size=16)
+    assert enc.features == ds.features and enc["note"] == ds["note"] and enc["label"] == ds["label"]
+    for i in (0, 17, 39):
+        expected = encrypt(ds[i]["image"], key)
+        assert np.array_equal(np.asarray(enc[i]["image"]), np.asarray(expected))
+    enc.save_to_disk(str(tmp_path / "enc"))
+    again = load_from_disk(str(tmp_path / "enc"))
+    assert np.array_equal(np.asarray(decrypt(again[5]["image"], key)), np.asarray(ds[5]["image"]))
+    back = encrypt_dataset(again, key, decrypt=True)
+    assert np.array_equal(np.asarray(back[9]["image"]), np.asarray(ds[9]["image"]))
+    # nothing of the key is stored with the dataset, not even in datasets' own state
+    secret = ",".join(str(v) for v in key.block_perm.tolist()[:12])
+    for path in (tmp_path / "enc").rglob("*"):
+        if path.is_file():
+            assert secret not in path.read_bytes().decode("latin-1").replace(" ", "")
+
+
+def test_encrypt_an_imagefolder_dataset_with_two_processes(tmp_path):
+    rng = np.random.default_rng(0)
+    for cls in ("a", "b"):
+        (tmp_path / "imgs" / cls).mkdir(parents=True)
+        for i in range(6):
+            arr = rng.integers(0, 256, (40, 30, 3), dtype=np.uint8)  # not the key's size
+            Image.fromarray(arr).save(tmp_path / "imgs" / cls / f"{i}.png")
+    ds = load_dataset("imagefolder", data_dir=str(tmp_path / "imgs"), split="train")
+    key = BlockKey.generate(16, 4, channels=3, seed=1)
+    enc = encrypt_dataset(ds, key, num_proc=2, batch_size=4)
+    assert len(enc) == 12 and enc.features == ds.features
+    from timm_ppconvmixer.data import prepare_for_key
+
+    for i in (0, 11):
+        expected = encrypt(prepare_for_key(ds[i]["image"], key), key)
+        assert enc[i]["image"].size == (16, 16)
+        assert np.array_equal(np.asarray(enc[i]["image"]), np.asarray(expected))
+
+
+def test_unknown_image_column_is_refused():
+    ds = Dataset.from_dict({"x": [1]})
+    with pytest.raises(ValueError, match="no column 'image'"):
+        encrypt_dataset(ds, BlockKey.generate(8, 4, seed=0))
