@@ -125,7 +125,7 @@ def load_manifest(path: str | os.PathLike) -> list[Entry]:
 
     Example:
         >>> [e.name for e in load_manifest("hub/zoo.yaml")]  # doctest: +SKIP
-        ['ppconvmixer_256_8.fmnist28_demo']
+        ['ppconvmixer_256_8_fmnist.demo']
     """
     path = Path(path)
     try:

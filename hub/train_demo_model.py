@@ -4,7 +4,7 @@
 The data is encrypted once with the demo key (``datasets`` batched map), the provider side is
 the accelerate recipe on the encrypted copy (``recipes/configs/demo_fashion_mnist.yaml``), and
 the result is exported with the key-free model card into
-``timm_ppconvmixer/pretrained/ppconvmixer_256_8.fmnist28_demo`` (the leak guard runs; the demo
+``timm_ppconvmixer/pretrained/ppconvmixer_256_8_fmnist.demo`` (the leak guard runs; the demo
 key lives next to it, outside the exported folder, because it is public by design).
 
     python hub/train_demo_model.py [--epochs 1] [--work outputs/demo_model]
@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -38,11 +40,14 @@ def main() -> None:
     work = Path(args.work)
     key = demo_key()
     data = work / "encrypted_fashion_mnist"
-    if not data.exists():
+    if not data.exists():  # written under a temporary name: an interrupted save is not reused
         encrypted = datasets.DatasetDict(
             {s: encrypt_dataset(load_fashion_mnist(s), key) for s in ("train", "test")}
         )
-        encrypted.save_to_disk(str(data))
+        tmp = data.with_name(f".{data.name}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        encrypted.save_to_disk(str(tmp))
+        os.replace(tmp, data)
     import train as recipe
 
     result = recipe.main(
@@ -61,7 +66,7 @@ def main() -> None:
         dataset="zalando-datasets/fashion_mnist",
         recipe=f"python hub/train_demo_model.py --epochs {args.epochs} "
         "(recipes/configs/demo_fashion_mnist.yaml, data encrypted with the PUBLIC demo key)",
-        repo_id="timm-ppconvmixer/ppconvmixer_256_8.fmnist28_demo",
+        repo_id="timm-ppconvmixer/ppconvmixer_256_8_fmnist.demo",
         overwrite=True,
     )
     summary = {k: result[k] for k in ("eval", "permutation_recovery", "key_fingerprint", "params")}

@@ -605,11 +605,11 @@ def test_publish_dry_run_shows_what_would_be_uploaded(zoo: Path, key: BlockKey, 
 
 
 def test_publish_script_on_the_real_manifest():
-    # the demo entry has no weights yet: reported with what to do, not a crash
+    # the shipped demo entry is ready: weights, fingerprint, public key and metrics agree
     proc = run_python(["hub/publish.py"], {}, REPO_ROOT)
     assert proc.returncode == 0, proc.stderr
-    assert "ppconvmixer_256_8.fmnist28_demo" in proc.stdout
-    assert "NOT READY: weights folder" in proc.stdout and "does not exist yet" in proc.stdout
+    assert "ppconvmixer_256_8_fmnist.demo" in proc.stdout
+    assert "1 ready, 0 not ready" in proc.stdout and "NOT READY" not in proc.stdout
 
 
 def test_publish_push_through_the_hub(zoo: Path, hub: LocalHub, tmp_path: Path):

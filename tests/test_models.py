@@ -1,4 +1,5 @@
 import copy
+from pathlib import Path
 
 import pytest
 import timm
@@ -25,6 +26,7 @@ CONFIGS = {  # name: (h, depth, kernel, patch, default input)
     "ppconvmixer_1024_20_ks9_p14": (1024, 20, 9, 14, 224),
     "ppconvmixer_1536_20": (1536, 20, 9, 7, 224),
     "ppconvmixer_256_8": (256, 8, 5, 4, 32),
+    "ppconvmixer_256_8_fmnist": (256, 8, 5, 4, 28),
 }
 
 
@@ -39,7 +41,9 @@ def num_params(model):
 
 def test_registered_with_timm():
     assert set(timm.list_models("ppconvmixer_*")) == set(CONFIGS)
-    assert not timm.list_pretrained("ppconvmixer_*")  # no cfg names weights that do not exist
+    for name in timm.list_pretrained("ppconvmixer_*"):  # every cfg names weights that exist
+        cfg = timm.models.get_pretrained_cfg(name)
+        assert cfg.file and Path(cfg.file).is_file(), name
 
 
 def test_paper_table_i_parameter_counts():
@@ -247,3 +251,40 @@ def test_torch_compile_matches_eager():
     torch.testing.assert_close(
         twin.permutation.weight.grad, model.permutation.weight.grad, rtol=1e-4, atol=1e-6
     )
+
+
+def test_plain_weights_load_into_a_model_with_p(tmp_path):
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    plain = timm.create_model("ppconvmixer_256_8", permutation=False, num_classes=3).eval()
+    save_file(plain.state_dict(), tmp_path / "plain.safetensors")
+    model = timm.create_model(
+        "ppconvmixer_256_8",
+        pretrained=True,
+        pretrained_cfg_overlay=dict(file=str(tmp_path / "plain.safetensors"), num_classes=3),
+        num_classes=3,
+        permutation_init="identity",
+    ).eval()
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(model(x), plain(x), rtol=0, atol=1e-5)
+
+
+def test_shipped_demo_model_loads_offline_and_works_with_the_demo_key():
+    from timm_ppconvmixer import encrypt
+    from timm_ppconvmixer.data import fashion_mnist_arrays
+    from timm_ppconvmixer.pretrained import demo_key
+
+    model = timm.create_model("ppconvmixer_256_8_fmnist.demo", pretrained=True).eval()
+    key = demo_key()
+    assert model.key_fingerprint == key.fingerprint
+    images, labels = fashion_mnist_arrays("test")
+    x = torch.from_numpy(images[:500]).unsqueeze(1)
+    y = torch.from_numpy(labels[:500]).long()
+
+    def accuracy(batch):
+        with torch.no_grad():
+            return (model((batch.float() / 255 - 0.5) / 0.5).argmax(1) == y).float().mean()
+
+    assert accuracy(encrypt(x, key)) > 0.8  # the card reports 88.38 % on all 10,000
+    assert accuracy(x) < 0.3  # plain images: the model only works in the key's domain

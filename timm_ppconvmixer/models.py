@@ -11,6 +11,7 @@ ConvMixer: same modules, same state dict, Eq. (3) parameters; with P it has Eq. 
 
 from __future__ import annotations
 
+import json
 import math
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
@@ -20,6 +21,7 @@ from timm.models.convmixer import ConvMixer
 from torch import nn
 
 from .permutation import AdaptivePermutation
+from .pretrained import DEMO_WEIGHTS
 
 __all__ = ["PPConvMixer", "convmixer_num_params", "ppconvmixer_num_params"]
 
@@ -166,7 +168,12 @@ def _check_permutation_size(state_dict: dict, model: PPConvMixer) -> dict:
     """Refuse weights whose P was built for another input size, naming both sizes: P belongs
     to the key's block grid and cannot be resized like a position embedding."""
     perm = model.permutation
-    saved = state_dict.get(f"stem.{len(model.stem) - 1}.weight")
+    name = f"stem.{len(model.stem) - 1}.weight"
+    if isinstance(perm, AdaptivePermutation) and name not in state_dict:
+        # plain ConvMixer weights (e.g. timm's convmixer_*): keep P as initialised, typically
+        # permutation_init="identity" to start exactly from the plain model
+        return {**state_dict, name: perm.weight.detach().clone()}
+    saved = state_dict.get(name)
     if (
         isinstance(perm, AdaptivePermutation)
         and saved is not None
@@ -189,7 +196,7 @@ def _create_ppconvmixer(variant: str, pretrained: bool = False, **kwargs) -> PPC
     # timm records img_size / in_chans as model traits, so resolve_model_data_config(model)
     # gives the size the model was built for; the source cfg itself is left as timm keeps it.
     out_indices = kwargs.pop("out_indices", 3)
-    return build_model_with_cfg(
+    model = build_model_with_cfg(
         PPConvMixer,
         variant,
         pretrained,
@@ -197,6 +204,13 @@ def _create_ppconvmixer(variant: str, pretrained: bool = False, **kwargs) -> PPC
         pretrained_filter_fn=_check_permutation_size,
         **kwargs,
     )
+    folder = _SHIPPED_WEIGHTS.get(f"{variant}.{model.pretrained_cfg.get('tag')}")
+    loaded = str(model.pretrained_cfg.get("file")) if pretrained else None
+    if folder is not None and loaded == str(folder / "model.safetensors"):
+        # the weights' domain: the fingerprint their export recorded (never the key)
+        config = json.loads((folder / "config.json").read_text())
+        model.key_fingerprint = config.get("model_args", {}).get("key_fingerprint")
+    return model
 
 
 def _cfg(input_size=(3, 224, 224), **kwargs) -> dict:
@@ -217,6 +231,9 @@ def _cfg(input_size=(3, 224, 224), **kwargs) -> dict:
     }
 
 
+# Weights that ship inside the package (loaded offline through the cfg's ``file``).
+_SHIPPED_WEIGHTS = {"ppconvmixer_256_8_fmnist.demo": DEMO_WEIGHTS}
+
 default_cfgs = generate_default_cfgs(
     {
         "ppconvmixer_512_16": _cfg(pool_size=(14, 14)),
@@ -224,20 +241,34 @@ default_cfgs = generate_default_cfgs(
         "ppconvmixer_1024_20_ks9_p14": _cfg(pool_size=(16, 16)),
         "ppconvmixer_1536_20": _cfg(pool_size=(32, 32)),
         "ppconvmixer_256_8": _cfg(input_size=(3, 32, 32), pool_size=(8, 8)),
+        # Fashion-MNIST 28x28, 1 channel, block 4, encrypted with the PUBLIC demo key
+        # (timm_ppconvmixer.pretrained.demo_key()); trained by hub/train_demo_model.py. Its own
+        # architecture name: timm makes an architecture's first tag with weights its default,
+        # which would turn ppconvmixer_256_8 itself into a 1-channel 28x28 model.
+        "ppconvmixer_256_8_fmnist.demo": _cfg(
+            file=str(DEMO_WEIGHTS / "model.safetensors"),
+            input_size=(1, 28, 28),
+            pool_size=(7, 7),
+            num_classes=10,
+            mean=(0.5,),
+            std=(0.5,),
+            description="Fashion-MNIST demo model; images encrypted with the public demo key",
+        ),
     }
 )
 
 
 def _args(defaults: dict, kwargs: dict) -> dict:
     # As timm's ViTs do (dict(model_args, **kwargs)), callers may override the architecture,
-    # e.g. a shallower or narrower variant for small data; the name gives the defaults.
+    # e.g. a shallower or narrower variant for small data; the name gives the defaults. The
+    # input size comes from the pretrained cfg (fixed_input_size: timm passes img_size).
     return dict(defaults, **kwargs)
 
 
 @register_model
 def ppconvmixer_512_16(pretrained: bool = False, **kwargs) -> PPConvMixer:
     """The paper's model: h=512, depth 16, kernel 9, block/patch 16, 224x224 (Table I)."""
-    args = _args(dict(dim=512, depth=16, kernel_size=9, patch_size=16, img_size=224), kwargs)
+    args = _args(dict(dim=512, depth=16, kernel_size=9, patch_size=16), kwargs)
     return _create_ppconvmixer("ppconvmixer_512_16", pretrained, **args)
 
 
@@ -245,26 +276,34 @@ def ppconvmixer_512_16(pretrained: bool = False, **kwargs) -> PPConvMixer:
 def ppconvmixer_768_32(pretrained: bool = False, **kwargs) -> PPConvMixer:
     """timm's convmixer_768_32 (ReLU, kernel 7, patch 7) with P; 224x224."""
     defaults = dict(dim=768, depth=32, kernel_size=7, patch_size=7, act_layer=nn.ReLU)
-    args = _args(dict(defaults, img_size=224), kwargs)
+    args = _args(defaults, kwargs)
     return _create_ppconvmixer("ppconvmixer_768_32", pretrained, **args)
 
 
 @register_model
 def ppconvmixer_1024_20_ks9_p14(pretrained: bool = False, **kwargs) -> PPConvMixer:
     """timm's convmixer_1024_20_ks9_p14 with P; 224x224."""
-    args = _args(dict(dim=1024, depth=20, kernel_size=9, patch_size=14, img_size=224), kwargs)
+    args = _args(dict(dim=1024, depth=20, kernel_size=9, patch_size=14), kwargs)
     return _create_ppconvmixer("ppconvmixer_1024_20_ks9_p14", pretrained, **args)
 
 
 @register_model
 def ppconvmixer_1536_20(pretrained: bool = False, **kwargs) -> PPConvMixer:
     """timm's convmixer_1536_20 with P; 224x224."""
-    args = _args(dict(dim=1536, depth=20, kernel_size=9, patch_size=7, img_size=224), kwargs)
+    args = _args(dict(dim=1536, depth=20, kernel_size=9, patch_size=7), kwargs)
     return _create_ppconvmixer("ppconvmixer_1536_20", pretrained, **args)
 
 
 @register_model
 def ppconvmixer_256_8(pretrained: bool = False, **kwargs) -> PPConvMixer:
     """Small model for CIFAR-size images: h=256, depth 8, kernel 5, block/patch 4, 32x32."""
-    args = _args(dict(dim=256, depth=8, kernel_size=5, patch_size=4, img_size=32), kwargs)
+    args = _args(dict(dim=256, depth=8, kernel_size=5, patch_size=4), kwargs)
     return _create_ppconvmixer("ppconvmixer_256_8", pretrained, **args)
+
+
+@register_model
+def ppconvmixer_256_8_fmnist(pretrained: bool = False, **kwargs) -> PPConvMixer:
+    """ppconvmixer_256_8 for Fashion-MNIST: 28x28, one channel, block 4 (7x7 blocks), 10
+    classes; the ``.demo`` tag holds the shipped demo weights."""
+    args = _args(dict(dim=256, depth=8, kernel_size=5, patch_size=4), kwargs)
+    return _create_ppconvmixer("ppconvmixer_256_8_fmnist", pretrained, **args)
