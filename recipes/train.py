@@ -333,6 +333,12 @@ def main(argv: list[str] | None = None) -> dict:
             )
     criterion = SoftTargetCrossEntropy() if mixup else LabelSmoothingCrossEntropy(aug["smoothing"])
     autocast = accelerator.autocast
+
+    def evaluate(m) -> dict:
+        return evaluate_all(
+            cfg, m, val_images, key, input_size, mean, std, accelerator.device, autocast
+        )
+
     max_steps = tr["max_steps"]
     started = time.time()
     bar = tqdm(
@@ -410,26 +416,13 @@ def main(argv: list[str] | None = None) -> dict:
         state.epoch, state.step_in_epoch = state.epoch + 1, 0
         if cfg["eval"]["every_epoch"]:
             if main_proc:
-                unwrapped = accelerator.unwrap_model(model)
-                acc = evaluate_all(
-                    cfg,
-                    unwrapped,
-                    val_images,
-                    key,
-                    input_size,
-                    mean,
-                    std,
-                    accelerator.device,
-                    autocast,
-                )
+                acc = evaluate(accelerator.unwrap_model(model))
                 log.write({"step": state.global_step, "epoch": state.epoch, "eval": acc})
             accelerator.wait_for_everyone()
         save_checkpoint(accelerator, ckpt_dir, state.global_step, tr["keep_checkpoints"])
     bar.close()
     sync_batchnorm_stats(accelerator, model)
-    return finish(
-        cfg, accelerator, model, ema, val_images, key, input_size, mean, std, out, lam, started
-    )
+    return finish(cfg, accelerator, model, ema, evaluate, key, mean, std, out, lam, started)
 
 
 def sync_batchnorm_stats(accelerator, model) -> None:
@@ -447,9 +440,7 @@ def num_classes(accelerator, model) -> int:
     return accelerator.unwrap_model(model).num_classes
 
 
-def finish(
-    cfg, accelerator, model, ema, val_images, key, input_size, mean, std, out, lam, started
-) -> dict:
+def finish(cfg, accelerator, model, ema, evaluate, key, mean, std, out, lam, started) -> dict:
     """Final owner-side evaluation, the shareable model folder, and the summary."""
     from timm_ppconvmixer.hub import save_model_folder
 
@@ -465,17 +456,7 @@ def finish(
             "params": sum(p.numel() for p in final.parameters()),
             "penalty_weight": lam,
             "train_time_s": round(time.time() - started, 1),
-            "eval": evaluate_all(
-                cfg,
-                final,
-                val_images,
-                key,
-                input_size,
-                mean,
-                std,
-                accelerator.device,
-                accelerator.autocast,
-            ),
+            "eval": evaluate(final),
             "key_fingerprint": key.fingerprint if key is not None else None,
         }
         if key is not None:
