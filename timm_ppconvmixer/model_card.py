@@ -1,0 +1,412 @@
+"""The model card (``README.md``) of a shared model: YAML metadata for the Hub, then the
+model's results, architecture, key facts (only the public fingerprint), usage, privacy notes
+and limitations; and validation of the measured metrics it reports.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from torch import nn
+
+from .key import SCHEME, BlockKey
+from .leak_guard import HubError, _permutation_of_matrix
+from .models import PPConvMixer
+from .permutation import AdaptivePermutation, HardPermutation
+
+__all__ = ["METRIC_LABELS", "TAGS", "model_card", "normalize_metrics"]
+
+TAGS = ["timm", "image-classification", "privacy-preserving", "block-wise-encryption", "convmixer"]
+# Top-1 accuracies as recipes/train.py measures them (fractions in [0, 1]), and what each means.
+METRIC_LABELS = {
+    "top1_key": "test images encrypted with this model's key",
+    "top1_encrypted": "test images supplied already encrypted with this model's key",
+    "top1_plain": "plain (unencrypted) test images",
+    "top1_wrong_key": "test images encrypted with a different key",
+}
+
+
+# -- metrics, dataset and the model card --------------------------------------------------------
+
+
+def normalize_metrics(
+    metrics: Mapping[str, Any] | None, fingerprint: str | None = None
+) -> dict[str, float]:
+    """Validate measured top-1 accuracies (fractions in [0, 1], keys of :data:`METRIC_LABELS`).
+
+    Accepts a ``final_metrics.json`` of ``recipes/train.py`` as is (its ``eval`` mapping), and
+    refuses one measured with another key than ``fingerprint``. Numbers are only ever copied.
+
+    Example:
+        >>> normalize_metrics({"top1_key": 0.9, "top1_wrong_key": 0.1})
+        {'top1_key': 0.9, 'top1_wrong_key': 0.1}
+    """
+    if metrics is None:
+        return {}
+    if not isinstance(metrics, Mapping):
+        raise HubError(f"metrics must be a mapping such as {{'top1_key': 0.91}}, got {metrics!r}")
+    data = dict(metrics)
+    if isinstance(data.get("eval"), Mapping):  # recipes/train.py's final_metrics.json
+        measured_with = data.get("key_fingerprint")
+        if measured_with and fingerprint and measured_with != fingerprint:
+            raise HubError(
+                f"the metrics were measured with key {measured_with}, the model is for key "
+                f"{fingerprint}; pass the metrics of this model's run"
+            )
+        data = dict(data["eval"])
+    unknown = sorted(set(data) - set(METRIC_LABELS))
+    if unknown:
+        raise HubError(
+            f"unknown metric(s) {', '.join(unknown)}; known: {', '.join(METRIC_LABELS)} "
+            "(top-1 accuracies as fractions in [0, 1], as recipes/train.py writes them)"
+        )
+    out = {}
+    for name in METRIC_LABELS:
+        if name not in data:
+            continue
+        value = data[name]
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not ok or not math.isfinite(value) or not 0.0 <= value <= 1.0:
+            raise HubError(
+                f"metric {name} must be a top-1 accuracy as a fraction in [0, 1], got {value!r}"
+            )
+        out[name] = float(value)
+    return out
+
+
+def _dataset_info(dataset: str | Mapping[str, Any] | None) -> dict | None:
+    if dataset is None:
+        return None
+    if isinstance(dataset, str):
+        dataset = {"id": dataset}
+    if not isinstance(dataset, Mapping) or not isinstance(dataset.get("id"), str):
+        raise HubError(
+            "dataset must be a Hub dataset id such as 'zalando-datasets/fashion_mnist', or a "
+            f"mapping with 'id' (and optionally 'name', 'split'), got {dataset!r}"
+        )
+    unknown = sorted(set(dataset) - {"id", "name", "split"})
+    if unknown:
+        raise HubError(f"unknown dataset field(s) {', '.join(unknown)}; use id, name, split")
+    return {
+        "id": dataset["id"],
+        "name": str(dataset.get("name") or dataset["id"]),
+        "split": str(dataset.get("split") or "test"),
+    }
+
+
+def _key_facts(model: PPConvMixer, key: BlockKey | None) -> dict:
+    """The only key facts a card may carry: scheme, version, fingerprint. With ``key``, check
+    that it is the key the model was made for."""
+    recorded = model.key_fingerprint
+    if key is None:
+        version = re.match(r"ppcm(\d+)-", recorded or "")
+        return {
+            "scheme": SCHEME,
+            "scheme_version": int(version.group(1)) if version else None,
+            "fingerprint": recorded,
+        }
+    if recorded is None:
+        raise HubError(
+            f"the model records no key fingerprint, so it cannot be checked against key "
+            f"{key.fingerprint}; set model.key_fingerprint = key.fingerprint if the weights were "
+            "trained or converted with this key"
+        )
+    if recorded != key.fingerprint:
+        raise HubError(
+            f"the model was made for key {recorded}, not for key {key.fingerprint}; pass the key "
+            "the model was trained or converted with"
+        )
+    facts = key.describe()
+    return {k: facts[k] for k in ("scheme", "scheme_version", "fingerprint")}
+
+
+def _architecture(model: PPConvMixer) -> dict:
+    perm = model.permutation
+    n = model.grid_size[0] * model.grid_size[1]
+    return {
+        "architecture": model.pretrained_cfg.get("architecture", type(model).__name__),
+        "dim": model.num_features,
+        "depth": len(model.blocks),
+        "kernel_size": model.blocks[0][0].fn[0].kernel_size[0],
+        "activation": type(model.stem[1]).__name__,
+        "patch_size": model.patch_size,
+        "in_chans": model.in_chans,
+        "num_classes": model.num_classes,
+        "img_size": tuple(model.img_size),
+        "grid_size": tuple(model.grid_size),
+        "num_blocks": n,
+        "params": sum(p.numel() for p in model.parameters()),
+        "p_params": perm.weight.numel() if isinstance(perm, AdaptivePermutation) else 0,
+        "has_p": perm is not None,
+        "exact_p": _is_exact_permutation(perm),
+    }
+
+
+def _is_exact_permutation(perm: nn.Module | None) -> bool:
+    """Whether P states a block order outright (converted or hardened): a 0/1 permutation
+    matrix other than the identity."""
+    if isinstance(perm, HardPermutation):
+        return not torch.equal(perm.source.cpu(), torch.arange(perm.source.numel()))
+    if not isinstance(perm, AdaptivePermutation):
+        return False
+    order = _permutation_of_matrix(perm.weight.detach().cpu())
+    return order is not None and not np.array_equal(order, np.arange(len(order)))
+
+
+def _yaml_front_matter(name: str, license: str, metrics: dict, dataset: dict | None) -> str:
+    meta: dict[str, Any] = {
+        "library_name": "timm",
+        "pipeline_tag": "image-classification",
+        "license": license,
+        "tags": TAGS,
+    }
+    if dataset is not None:
+        meta["datasets"] = [dataset["id"]]
+    if metrics:
+        meta["model-index"] = [
+            {
+                "name": name,
+                "results": [
+                    {
+                        "task": {"type": "image-classification", "name": "Image Classification"},
+                        "dataset": {
+                            "name": dataset["name"],
+                            "type": dataset["id"],
+                            "split": dataset["split"],
+                        },
+                        "metrics": [
+                            {
+                                "type": "accuracy",
+                                "value": value,
+                                "name": f"Top-1 accuracy, {METRIC_LABELS[k]}",
+                            }
+                            for k, value in metrics.items()
+                        ],
+                    }
+                ],
+            }
+        ]
+    return "---\n" + yaml.safe_dump(meta, sort_keys=False, allow_unicode=True) + "---\n"
+
+
+def _results_section(metrics: dict, dataset: dict | None) -> str:
+    if not metrics:
+        return (
+            "## Results\n\nNo measurements were provided with this export, so this card states "
+            "no accuracy.\n"
+        )
+    rows = "\n".join(f"| {METRIC_LABELS[k]} | {100 * v:.2f} % |" for k, v in metrics.items())
+    return (
+        f"## Results\n\nTop-1 accuracy on the `{dataset['split']}` split of "
+        f"[{dataset['name']}](https://huggingface.co/datasets/{dataset['id']}), as measured and "
+        f"reported by the publisher:\n\n| evaluated on | top-1 |\n| --- | --- |\n{rows}\n\n"
+        "Images encrypted with a different key, or not encrypted, are expected to be classified "
+        "poorly: the model only works in its key's encrypted domain.\n"
+    )
+
+
+def _recipe_section(recipe: str | Mapping[str, Any] | None) -> str:
+    if recipe is None:
+        return "## Training recipe\n\nNo training recipe was provided with this export.\n"
+    if isinstance(recipe, Mapping):
+        body = "```yaml\n" + yaml.safe_dump(dict(recipe), sort_keys=False) + "```"
+    else:
+        body = str(recipe).strip()
+    return f"## Training recipe\n\n{body}\n"
+
+
+_CITATIONS = """\
+## Citation
+
+```bibtex
+@article{qi2022privacy,
+  title   = {Privacy-Preserving Image Classification Using ConvMixer with Adaptive
+             Permutation Matrix},
+  author  = {Qi, Zheng and MaungMaung, AprilPyone and Kiya, Hitoshi},
+  journal = {arXiv preprint arXiv:2208.02556},
+  year    = {2022}
+}
+
+@article{trockman2023patches,
+  title   = {Patches Are All You Need?},
+  author  = {Trockman, Asher and Kolter, J. Zico},
+  journal = {Transactions on Machine Learning Research},
+  year    = {2023},
+  note    = {First presented for ICLR 2022; arXiv:2201.09792}
+}
+```
+"""
+
+
+def _usage_section(hub_id: str, key: dict, arch: dict) -> str:
+    h, w = arch["img_size"]
+    check = (
+        f'assert key.fingerprint == "{key["fingerprint"]}", "not the key this model needs"\n'
+        if key["fingerprint"]
+        else ""
+    )
+    return f"""## Usage
+
+The model only works on images encrypted with its key (fingerprint below). The key stays with
+the data owner; encrypt with it on the owner's side, then send the encrypted images.
+
+```python
+import timm
+import timm_ppconvmixer  # registers the ppconvmixer_* architectures with timm
+from PIL import Image
+from timm_ppconvmixer import BlockKey
+from timm_ppconvmixer.transforms import create_transform
+
+key = BlockKey.load("owner.key")  # your secret key file: never upload it
+{check}model = timm.create_model("hf-hub:{hub_id}", pretrained=True).eval()
+cfg = timm.data.resolve_data_config(model=model)
+# resize/crop to {h}x{w}, encrypt with the key, normalise as the model expects
+transform = create_transform(key, mean=cfg["mean"], std=cfg["std"])
+x = transform(Image.open("image.png")).unsqueeze(0)
+probs = model(x).softmax(dim=-1)
+print(probs.argmax(dim=-1))
+```
+
+Fine-tuning on another label set: `timm.create_model("hf-hub:{hub_id}", pretrained=True,
+num_classes=N)` keeps every weight but the classifier. The input size is part of the weights
+(P is {arch["num_blocks"]} x {arch["num_blocks"]}): another `img_size` is refused.
+"""
+
+
+def _privacy_section(key: dict, arch: dict) -> str:
+    fingerprint = f"`{key['fingerprint']}`" if key["fingerprint"] else "see above"
+    warning = ""
+    if arch["exact_p"]:
+        warning = (
+            "\n**Warning:** P in these weights is an exact permutation matrix (a model converted "
+            "from plain weights, or a hardened P). It states the key's block order outright.\n"
+        )
+    return f"""## Privacy: what the encryption protects, and what it does not
+
+* **Protected:** the images. Whoever holds this model and encrypted images, but not the key,
+  does not see the plain images; training and inference run on encrypted images only.
+* **Not protected: the key against the weights.** The weights carry key information. A model
+  converted from public plain weights (`timm_ppconvmixer.convert.encrypt_model`), or trained
+  with P, lets anyone who compares it with a plain model recover much of the key: the block
+  permutation from P (once P has converged towards a permutation) and the pixel shuffling and
+  negative-positive flips from the patch embedding. The key **fingerprint**
+  ({fingerprint}) is safe to publish; the **weights are not key-free** in that sense.
+  Share a model only where revealing its key's block order is acceptable, and use a fresh key
+  for data that must stay private from whoever holds these weights.
+{warning}* The key file itself never travels with the model: this repository holds only its
+  fingerprint, checked by a leak guard before upload.
+"""
+
+
+def _limitations_section(arch: dict) -> str:
+    h, w = arch["img_size"]
+    m = arch["patch_size"]
+    return f"""## Limitations
+
+* Inputs must be {h}x{w} with {arch["in_chans"]} channel(s), encrypted with the matching key.
+  Any other key, plain images, or another size give wrong predictions or an error.
+* Encrypted images must be stored losslessly (PNG): JPEG mixes pixels across the {m}x{m}
+  blocks and breaks the encryption's structure.
+* Block-wise scrambling is a perceptual encryption, not a standard cipher. It hides the visual
+  content of each image, but the statistics inside a block survive (only shuffled and
+  flipped), and block positions may be partly recovered from many encrypted images by
+  jigsaw-puzzle solving.
+"""
+
+
+def model_card(
+    model: PPConvMixer,
+    *,
+    key: BlockKey | None = None,
+    metrics: Mapping[str, Any] | None = None,
+    dataset: str | Mapping[str, Any] | None = None,
+    recipe: str | Mapping[str, Any] | None = None,
+    license: str = "apache-2.0",
+    repo_id: str | None = None,
+    model_name: str | None = None,
+) -> str:
+    """The model card (``README.md``) of ``model``: YAML metadata for the Hub, then
+    architecture, key fingerprint, the caller's measurements, usage, recipe, privacy note,
+    limitations and citations. It never states a number the caller did not measure, and the
+    only fact about the key is its fingerprint and scheme version.
+
+    Example:
+        >>> card = model_card(model, key=key, metrics={"top1_key": 0.91},
+        ...                   dataset="zalando-datasets/fashion_mnist")  # doctest: +SKIP
+    """
+    if not isinstance(model, PPConvMixer):
+        raise HubError(
+            f"model cards are written for PPConvMixer models, got {type(model).__name__}; for "
+            "other timm models use timm.models.push_to_hf_hub"
+        )
+    facts = _key_facts(model, key)
+    values = normalize_metrics(metrics, facts["fingerprint"])
+    data = _dataset_info(dataset)
+    if values and data is None:
+        raise HubError("metrics need the dataset they were measured on: pass dataset=<Hub id>")
+    arch = _architecture(model)
+    name = model_name or (repo_id.split("/")[-1] if repo_id else arch["architecture"])
+    hub_id = repo_id or f"<namespace>/{name}"
+    return "\n".join(
+        [
+            _yaml_front_matter(name, license, values, data),
+            _overview_section(name, arch, facts),
+            _results_section(values, data),
+            _usage_section(hub_id, facts, arch),
+            _recipe_section(recipe),
+            _privacy_section(facts, arch),
+            _limitations_section(arch),
+            _CITATIONS,
+        ]
+    )
+
+
+def _overview_section(name: str, arch: dict, key: dict) -> str:
+    h, w = arch["img_size"]
+    gh, gw = arch["grid_size"]
+    if arch["p_params"]:
+        p_line = f"{arch['p_params']:,} of them in P ({arch['num_blocks']} x {arch['num_blocks']})"
+    else:
+        p_line = "P is a fixed token permutation" if arch["has_p"] else "no P (ablation)"
+    if key["fingerprint"]:
+        scheme = f"`{key['scheme']}`, version {key['scheme_version']}"
+        fingerprint = f"`{key['fingerprint']}`"
+    else:
+        scheme = fingerprint = "not recorded (the weights do not say which key they need)"
+    rows = [
+        (
+            "architecture",
+            f"`{arch['architecture']}` (timm ConvMixer + P after the patch embedding)",
+        ),
+        ("width h / depth / kernel", f"{arch['dim']} / {arch['depth']} / {arch['kernel_size']}"),
+        ("activation", arch["activation"]),
+        ("parameters", f"{arch['params']:,} ({p_line})"),
+        ("classes", str(arch["num_classes"])),
+        ("image size", f"{h}x{w}, {arch['in_chans']} channel(s)"),
+        ("block size (= patch size) M", str(arch["patch_size"])),
+        ("number of blocks n", f"{arch['num_blocks']} ({gh}x{gw})"),
+        ("key scheme", scheme),
+        ("key fingerprint", fingerprint),
+    ]
+    table = "\n".join(f"| {k} | {v} |" for k, v in rows)
+    return f"""# {name}
+
+An image classifier for **block-wise encrypted images** (privacy-preserving image
+classification): a ConvMixer with an adaptive permutation matrix P, after Qi, MaungMaung and
+Kiya, "Privacy-Preserving Image Classification Using ConvMixer with Adaptive Permutation
+Matrix" (2022, arXiv:2208.02556), built on timm's ConvMixer (Trockman and Kolter, "Patches Are
+All You Need?"). It is used through [timm](https://github.com/huggingface/pytorch-image-models)
+with the `timm_ppconvmixer` plugin.
+
+## Model details
+
+| | |
+| --- | --- |
+{table}
+"""
