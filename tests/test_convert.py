@@ -100,43 +100,27 @@ def test_one_channel_with_explicit_mean_std_and_input_not_modified():
     assert private.pretrained_cfg["mean"] == (0.3,)
 
 
+def small_ppconvmixer(seed=0, **overrides):
+    """A small randomised PPConvMixer (16x12 images, block 4); with P it is dense, as after
+    training."""
+    args = dict(dim=16, depth=2, kernel_size=3, patch_size=4, img_size=(16, 12), num_classes=5)
+    return randomise_(PPConvMixer(**{**args, **overrides}), seed=seed)
+
+
+def trained_like_model(seed=0):
+    """An encrypted-domain model whose P is dense, as after training."""
+    return small_ppconvmixer(seed)
+
+
 @pytest.mark.parametrize("with_p", [True, False])
 def test_from_ppconvmixer_with_and_without_p(with_p):
-    plain = randomise_(
-        PPConvMixer(
-            dim=16,
-            depth=2,
-            kernel_size=3,
-            patch_size=4,
-            img_size=(12, 16),
-            num_classes=4,
-            permutation=with_p,
-        ),
-        seed=3,
-    )
+    plain = small_ppconvmixer(3, img_size=(12, 16), num_classes=4, permutation=with_p)
     key = BlockKey.generate((12, 16), 4, seed=9)
     private = encrypt_model(plain, key).eval()
     x = torch.rand(2, 3, 12, 16)
     torch.testing.assert_close(
         private(normalise(encrypt(x, key), plain)), plain(normalise(x, plain)), rtol=0, atol=1e-4
     )
-
-
-def trained_like_model(seed=0):
-    """An encrypted-domain model whose P is dense, as after training."""
-    model = randomise_(
-        PPConvMixer(
-            dim=16,
-            depth=2,
-            kernel_size=3,
-            patch_size=4,
-            img_size=(16, 12),
-            in_chans=3,
-            num_classes=5,
-        ),
-        seed=seed,
-    )
-    return model
 
 
 def test_rekey_is_exact_for_a_dense_p_and_round_trips():
@@ -198,18 +182,7 @@ def test_image_size_mismatch_and_non_convmixer_are_refused():
 
 def test_harden_keeps_predictions_when_p_is_near_a_permutation():
     key = BlockKey.generate((16, 12), 4, seed=7)
-    plain = randomise_(
-        PPConvMixer(
-            dim=16,
-            depth=2,
-            kernel_size=3,
-            patch_size=4,
-            img_size=(16, 12),
-            num_classes=5,
-            permutation=False,
-        ),
-        seed=2,
-    )
+    plain = small_ppconvmixer(2, permutation=False)
     private = encrypt_model(plain, key)
     with torch.no_grad():
         w = private.permutation.weight
@@ -226,12 +199,7 @@ def test_harden_keeps_predictions_when_p_is_near_a_permutation():
 
 def test_harden_exact_permutation_is_lossless():
     key = BlockKey.generate((16, 12), 4, seed=8)
-    plain = randomise_(
-        PPConvMixer(
-            dim=16, depth=1, kernel_size=3, patch_size=4, img_size=(16, 12), permutation=False
-        ),
-        seed=4,
-    )
+    plain = small_ppconvmixer(4, depth=1, num_classes=1000, permutation=False)
     private = encrypt_model(plain, key).eval()
     x = torch.randn(4, 3, 16, 12)
     hardened, report = harden_permutation(private, x)
