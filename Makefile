@@ -20,6 +20,7 @@ demo: setup
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 timm-suite: setup
 	bash scripts/run_timm_model_tests.sh $(BIN)/python $(TIMM_SUITE_DIR)

@@ -13,7 +13,7 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from timm_ppconvmixer import BlockKey, decrypt, encrypt  # noqa: E402
-from timm_ppconvmixer.cli import prepare_image  # noqa: E402
+from timm_ppconvmixer.images import prepare_image  # noqa: E402
 
 SAMPLE_PHOTO = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
 

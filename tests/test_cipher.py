@@ -9,7 +9,7 @@ from timm_ppconvmixer import BlockKey, CipherInputError, decrypt, encrypt
 
 
 def reference_encrypt(x: np.ndarray, key: BlockKey) -> np.ndarray:
-    """The scheme written out step by step (design.md section 1), one block at a time."""
+    """The scheme written out step by step (`docs/design.md` section 2), one block at a time."""
     c, m = key.channels, key.block_size
     gh, gw = key.grid_size
     blocks = [

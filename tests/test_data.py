@@ -62,10 +62,10 @@ def test_encrypt_an_imagefolder_dataset_with_two_processes(tmp_path):
     key = BlockKey.generate(16, 4, channels=3, seed=1)
     enc = encrypt_dataset(ds, key, num_proc=2, batch_size=4)
     assert len(enc) == 12 and enc.features == ds.features
-    from timm_ppconvmixer.data import prepare_for_key
+    from timm_ppconvmixer.images import prepare_image
 
     for i in (0, 11):
-        expected = encrypt(prepare_for_key(ds[i]["image"], key), key)
+        expected = encrypt(prepare_image(ds[i]["image"], key), key)
         assert enc[i]["image"].size == (16, 16)
         assert np.array_equal(np.asarray(enc[i]["image"]), np.asarray(expected))
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import signal
@@ -16,15 +15,15 @@ import pytest
 from PIL import Image
 
 from timm_ppconvmixer import BlockKey, decrypt, encrypt
-from timm_ppconvmixer.cli import CLIError, prepare_image
+from timm_ppconvmixer.cli import main
 from timm_ppconvmixer.folders import (
     MANIFEST_NAME,
     BadImagesError,
     FolderError,
-    add_folder_parsers,
     decrypt_folder,
     encrypt_folder,
 )
+from timm_ppconvmixer.images import prepare_image
 
 SIZE, BLOCK = 32, 4
 
@@ -217,31 +216,23 @@ def test_destination_must_belong_to_the_same_key_and_policy(tree, tmp_path, key)
         encrypt_folder(tree, tree / "enc", key, progress=False)
 
 
-def _parse(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="ppconvmixer")
-    add_folder_parsers(parser.add_subparsers(dest="command", required=True))
-    return parser.parse_args(argv)
-
-
-def test_cli_handlers_print_a_report_and_fail_with_one_line(tree, tmp_path, key, capsys):
+def test_cli_commands_print_a_report_and_fail_with_one_line(tree, tmp_path, key, capsys):
     key_file = key.save(tmp_path / "owner.key")
     enc, dec = tmp_path / "enc", tmp_path / "dec"
-    args = _parse(["encrypt", "--key", str(key_file), str(tree), str(enc), "--no-progress"])
-    with pytest.raises(CLIError) as info:
-        args.func(args)
-    assert "broken.jpg" in str(info.value) and "\n" not in str(info.value)
-    assert f"bad image: {tree / 'train/dog/broken.jpg'}" in capsys.readouterr().err
+    assert main(["encrypt", "--key", str(key_file), str(tree), str(enc), "--no-progress"]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert any(line.startswith(f"bad image: {tree / 'train/dog/broken.jpg'}: ") for line in err)
+    assert err[-1].startswith("error: ") and "broken.jpg" in err[-1]
 
     argv = ["encrypt", "--key", str(key_file), str(tree), str(enc), "--skip-bad", "--workers", "1"]
-    args = _parse([*argv, "--no-progress"])
-    args.func(args)
+    assert main([*argv, "--no-progress"]) == 0
     assert json.loads(capsys.readouterr().out)["skipped_existing"] == GOOD
-    args = _parse(["decrypt", "--key", str(key_file), str(enc), str(dec), "--no-progress"])
-    args.func(args)
+    assert main(["decrypt", "--key", str(key_file), str(enc), str(dec), "--no-progress"]) == 0
     assert json.loads(capsys.readouterr().out)["written"] == GOOD
-    args = _parse(["encrypt", "--key", str(key_file), str(tree), str(enc), "--format", "jpg"])
-    with pytest.raises(CLIError, match="lossy"):
-        args.func(args)
+    argv = ["encrypt", "--key", str(key_file), str(tree), str(enc), "--format", "jpg"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "lossy" in err and err.count("\n") == 1
 
 
 # -- interrupted runs ---------------------------------------------------------------------------

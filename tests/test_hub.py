@@ -446,10 +446,11 @@ def test_push_then_pull_through_the_hub(hub: LocalHub, pushed_source, tmp_path: 
         hub,
         tmp_path / "hf-push",
         """
-        import argparse
+        import contextlib, io
         from huggingface_hub import HfApi
         from timm_ppconvmixer import BlockKey
-        from timm_ppconvmixer.hub import HubError, add_push_parser, load_model, push_to_hub
+        from timm_ppconvmixer.cli import main
+        from timm_ppconvmixer.hub import load_model, push_to_hub
 
         key = BlockKey.load(ARGS["key"])
         url = push_to_hub(
@@ -457,28 +458,23 @@ def test_push_then_pull_through_the_hub(hub: LocalHub, pushed_source, tmp_path: 
             metrics=json.loads(Path(ARGS["metrics"]).read_text()),
             dataset="zalando-datasets/fashion_mnist", recipe={"epochs": 2},
         )
-        # the CLI wires `ppconvmixer push` with one add_push_parser call
-        parser = argparse.ArgumentParser(prog="ppconvmixer")
-        add_push_parser(parser.add_subparsers(dest="command", required=True))
-        args = parser.parse_args([
+        # `ppconvmixer push` through the CLI's own entry point
+        status = main([
             "push", ARGS["src"], "tester/tiny-cli", "--key", ARGS["key"], "--metrics",
             ARGS["metrics"], "--dataset", "zalando-datasets/fashion_mnist", "--private",
             "--revision", "dev",
         ])
-        args.func(args)
-        try:
-            bad = parser.parse_args(["push", ARGS["missing"], "tester/never"])
-            bad.func(bad)
-            error = None
-        except HubError as e:
-            error = str(e)
+        stderr = io.StringIO()
+        with contextlib.redirect_stderr(stderr):
+            bad_status = main(["push", ARGS["missing"], "tester/never"])
+        error = stderr.getvalue()
         api = HfApi()
         emit(
             url=url, files=api.list_repo_files("tester/tiny-pp"),
             cli_files=api.list_repo_files("tester/tiny-cli", revision="dev"),
             cli_main=api.list_repo_files("tester/tiny-cli"),
             cli_private=api.model_info("tester/tiny-cli").private, error=error,
-            never=api.repo_exists("tester/never"),
+            never=api.repo_exists("tester/never"), status=status, bad_status=bad_status,
         )
         """,
         **pushed_source,
@@ -492,7 +488,9 @@ def test_push_then_pull_through_the_hub(hub: LocalHub, pushed_source, tmp_path: 
     ]
     assert "model.safetensors" in pushed["cli_files"] and pushed["cli_main"] == [".gitattributes"]
     assert pushed["cli_private"] is True
-    assert "no such model folder" in pushed["error"] and "\n" not in pushed["error"]
+    assert pushed["status"] == 0 and pushed["bad_status"] == 1
+    assert "no such model folder" in pushed["error"]
+    assert pushed["error"].startswith("error: ") and pushed["error"].count("\n") == 1
     assert pushed["never"] is False
 
     # A fresh process with an empty cache: everything comes from the server.

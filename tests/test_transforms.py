@@ -22,7 +22,10 @@ def photo():
 
 
 def _plain_uint8(photo, size):
-    plain = timm_create_transform(size, is_training=False, crop_pct=1.0, use_prefetcher=True)
+    # timm's own eval pipeline with the package's resampling default (bicubic)
+    plain = timm_create_transform(
+        size, is_training=False, crop_pct=1.0, interpolation="bicubic", use_prefetcher=True
+    )
     return plain(photo)
 
 

@@ -14,6 +14,7 @@ device (dtype and device are kept); numpy uint8 arrays; PIL images. See :func:`e
 from __future__ import annotations
 
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Literal, NamedTuple, TypeVar
 
@@ -21,16 +22,13 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .images import IMAGE_MODES
 from .key import BlockKey
 
 __all__ = ["encrypt", "decrypt", "encrypt_hwc_to_chw", "gather_plan", "CipherInputError"]
 
 Layout = Literal["auto", "HWC", "CHW"]
 ImageLike = TypeVar("ImageLike", torch.Tensor, np.ndarray, Image.Image)
-
-_PIL_MODE_FOR_CHANNELS = {1: "L", 3: "RGB"}
-_PLAN_CACHE: dict[tuple[str, bool, str, str], _Plan] = {}
-_PLAN_CACHE_SIZE = 32
 
 
 class CipherInputError(ValueError):
@@ -41,7 +39,7 @@ def _encryption_plan(key: BlockKey) -> tuple[torch.Tensor, torch.Tensor]:
     """Flat gather index and flip mask over a (C, H, W) image, for encryption.
 
     Encrypted pixel (c, y, x) lies in block i = (y // M) * (W / M) + x // M at in-block vector
-    position j = c*M*M + (y % M)*M + x % M (design.md, section 1). It comes from plain block
+    position j = c*M*M + (y % M)*M + x % M (``docs/design.md`` section 2). It comes from plain block
     ``block_perm[i]`` at in-block position ``pixel_perm[j]``, and is flipped where ``np_mask[j]``.
     """
     c_, m = key.channels, key.block_size
@@ -68,25 +66,23 @@ class _Plan(NamedTuple):
 
 
 def _plan(key: BlockKey, decrypt: bool, device: torch.device, source_layout: str) -> _Plan:
-    cache_key = (key.fingerprint, decrypt, source_layout, str(device))
-    plan = _PLAN_CACHE.get(cache_key)
-    if plan is None:
-        index, mask = _encryption_plan(key)
-        if decrypt:
-            inverse = torch.empty_like(index)
-            inverse[index] = torch.arange(index.numel())
-            index, mask = inverse, mask[inverse]
-        if source_layout == "HWC":
-            c, (h, w) = key.channels, key.image_size
-            src_c, src_yx = index // (h * w), index % (h * w)
-            index = src_yx * c + src_c
-        elif source_layout != "CHW":
-            raise ValueError(f"source_layout must be 'CHW' or 'HWC', got {source_layout!r}")
-        plan = _Plan(index.to(device), mask.to(device), (mask.to(torch.uint8) * 255).to(device))
-        if len(_PLAN_CACHE) >= _PLAN_CACHE_SIZE:
-            _PLAN_CACHE.pop(next(iter(_PLAN_CACHE)))
-        _PLAN_CACHE[cache_key] = plan
-    return plan
+    if source_layout not in ("CHW", "HWC"):
+        raise ValueError(f"source_layout must be 'CHW' or 'HWC', got {source_layout!r}")
+    name = ("cipher-plan", decrypt, source_layout, str(device))
+    return key.derived(name, lambda: _build_plan(key, decrypt, device, source_layout))
+
+
+def _build_plan(key: BlockKey, decrypt: bool, device: torch.device, source_layout: str) -> _Plan:
+    index, mask = _encryption_plan(key)
+    if decrypt:
+        inverse = torch.empty_like(index)
+        inverse[index] = torch.arange(index.numel())
+        index, mask = inverse, mask[inverse]
+    if source_layout == "HWC":
+        c, (h, w) = key.channels, key.image_size
+        src_c, src_yx = index // (h * w), index % (h * w)
+        index = src_yx * c + src_c
+    return _Plan(index.to(device), mask.to(device), (mask.to(torch.uint8) * 255).to(device))
 
 
 def gather_plan(
@@ -99,8 +95,8 @@ def gather_plan(
 
     ``out`` is always in (C, H, W) order; ``source_layout="HWC"`` indexes a source laid out as
     (H, W, C), which fuses the HWC -> CHW copy of ``ToTensor`` into the encryption gather. For
-    decryption the plan is the inverse gather, with the mask moved to plain positions. Cached
-    per key fingerprint, direction, layout and device.
+    decryption the plan is the inverse gather, with the mask moved to plain positions. Kept
+    with the key (:meth:`BlockKey.derived`) per direction, layout and device.
     """
     plan = _plan(key, decrypt, torch.device(device), source_layout)
     return plan.index, plan.mask
@@ -131,13 +127,23 @@ def _check_tensor(x: torch.Tensor, key: BlockKey) -> None:
 
 _SAME_SIZE_INT = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 _POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
 _PARALLEL_MIN_ELEMENTS = 1 << 20  # below this a thread hand-off costs more than it saves
 
 
 def _forget_pool_after_fork() -> None:
     # a forked child inherits the pool object but not its threads: map() would wait forever
+    # (and a lock held by another thread at the fork would stay locked)
+    global _POOL, _POOL_LOCK
+    _POOL, _POOL_LOCK = None, threading.Lock()
+
+
+def _thread_pool(threads: int) -> ThreadPoolExecutor:
     global _POOL
-    _POOL = None
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="ppcm-cipher")
+        return _POOL
 
 
 os.register_at_fork(after_in_child=_forget_pool_after_fork)
@@ -151,14 +157,12 @@ def _cpu_take(rows: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     split over ``torch.get_num_threads()`` threads. Elements move as same-size integers, which
     keeps the gather bit-exact for every dtype (bfloat16 included).
     """
-    global _POOL
     as_int = rows.view(_SAME_SIZE_INT[rows.element_size()])
     src, idx = as_int.numpy(), index.numpy()
     out = np.empty_like(src)
     threads = torch.get_num_threads()
     if threads > 1 and src.size >= _PARALLEL_MIN_ELEMENTS:
-        if _POOL is None:
-            _POOL = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="ppcm-cipher")
+        pool = _thread_pool(threads)
         if src.shape[0] >= threads:  # split the batch
             parts = np.array_split(np.arange(src.shape[0]), threads)
             jobs = [(src[p[0] : p[-1] + 1], idx, out[p[0] : p[-1] + 1]) for p in parts if p.size]
@@ -168,7 +172,7 @@ def _cpu_take(rows: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
                 for r in range(src.shape[0])
                 for p in np.array_split(np.arange(idx.size), threads)
             ]
-        list(_POOL.map(lambda job: np.take(job[0], job[1], axis=-1, out=job[2]), jobs))
+        list(pool.map(lambda job: np.take(job[0], job[1], axis=-1, out=job[2]), jobs))
     else:
         np.take(src, idx, axis=1, out=out)
     return torch.from_numpy(out).view(rows.dtype)
@@ -247,7 +251,7 @@ def _apply_numpy(a: np.ndarray, key: BlockKey, decrypt: bool, layout: Layout) ->
 
 
 def _apply_pil(img: Image.Image, key: BlockKey, decrypt: bool) -> Image.Image:
-    mode = _PIL_MODE_FOR_CHANNELS.get(key.channels)
+    mode = IMAGE_MODES.get(key.channels)
     if img.mode != mode:
         raise CipherInputError(
             f"PIL image mode {img.mode!r} does not match the key's {key.channels} channel(s); "

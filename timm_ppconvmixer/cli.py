@@ -8,18 +8,27 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
+from .atomic import atomic_save
 from .cipher import CipherInputError, decrypt, encrypt
-from .hub import HubError, add_push_parser
+from .folders import RESIZE_POLICIES, BadImagesError, FolderError, encrypt_folder
+from .hub import HubError, load_model, push_to_hub, read_metrics_file, recipe_from_file
+from .images import ImagePolicyError, prepare_image
 from .key import BlockKey, InvalidKeyError
 
-LOSSLESS_SUFFIXES = {".png", ".bmp", ".tif", ".tiff", ".ppm", ".pgm", ".webp"}
+# Lossless formats an encrypted image may be written in, by file suffix.
+_FORMATS = {
+    ".png": "PNG",
+    ".bmp": "BMP",
+    ".tif": "TIFF",
+    ".tiff": "TIFF",
+    ".ppm": "PPM",
+    ".pgm": "PPM",
+}
 
 
 class CLIError(Exception):
@@ -40,25 +49,11 @@ def _parse_size(text: str) -> tuple[int, int]:
 
 
 def _check_lossless(path: Path) -> None:
-    suffix = path.suffix.lower()
-    if suffix == ".webp" or suffix not in LOSSLESS_SUFFIXES:
+    if path.suffix.lower() not in _FORMATS:
         raise CLIError(
             f"{path}: output must be a lossless format (.png, .bmp, .tif, .ppm/.pgm); lossy "
             "compression such as JPEG mixes pixels across block borders and breaks decryption"
         )
-
-
-def save_image_atomic(img: Image.Image, path: Path) -> None:
-    """Write ``img`` to ``path`` through a temporary file and a rename (no half-written files)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        img.save(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _open_image(path: Path) -> Image.Image:
@@ -70,20 +65,6 @@ def _open_image(path: Path) -> Image.Image:
         raise CLIError(f"{path}: no such file") from None
     except (UnidentifiedImageError, OSError) as e:
         raise CLIError(f"{path}: cannot read image ({e})") from None
-
-
-def prepare_image(img: Image.Image, key: BlockKey) -> Image.Image:
-    """Convert to the key's channels, resize the short side and centre-crop to the key's size."""
-    from .transforms import ConvertImageMode
-
-    img = ConvertImageMode({1: "L", 3: "RGB"}[key.channels])(img)
-    h, w = key.image_size
-    scale = max(h / img.height, w / img.width)
-    size = (max(w, round(img.width * scale)), max(h, round(img.height * scale)))
-    if size != img.size:
-        img = img.resize(size, Image.Resampling.BICUBIC)
-    left, top = (img.width - w) // 2, (img.height - h) // 2
-    return img.crop((left, top, left + w, top + h))
 
 
 def _cmd_keygen(args: argparse.Namespace) -> None:
@@ -113,7 +94,8 @@ def _cmd_image(args: argparse.Namespace, inverse: bool) -> None:
         result = decrypt(img, key)
     else:
         result = encrypt(prepare_image(img, key), key)
-    save_image_atomic(result, out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_save(out, lambda f: result.save(f, format=_FORMATS[out.suffix.lower()]))
     print(f"wrote {out}")
 
 
@@ -150,7 +132,7 @@ def _load_source_model(args: argparse.Namespace):
 
 
 def _cmd_convert(args: argparse.Namespace) -> None:
-    from .convert import ConversionError, encrypt_model
+    from .convert import ConversionError, encrypt_model  # scipy: only when converting
     from .hub import save_model_folder
 
     key = BlockKey.load(args.key)
@@ -161,6 +143,132 @@ def _cmd_convert(args: argparse.Namespace) -> None:
         raise CLIError(str(e)) from None
     out = save_model_folder(converted, args.output, overwrite=args.overwrite)
     print(f"wrote {out} (key {key.fingerprint}); load it with timm.create_model('local-dir:{out}')")
+
+
+def _add_folder_parsers(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``encrypt`` and ``decrypt`` subcommands to the ``ppconvmixer`` command."""
+    p = subparsers.add_parser(
+        "encrypt",
+        help="encrypt an image folder tree (ImageFolder layout) into PNG files",
+        description="Encrypt every image below SRC into the same relative tree below DST, as "
+        "PNG (class/x.jpg -> class/x.png): converted to the key's channels, resized to the "
+        "key's size, encrypted. Runs in parallel; an interrupted run resumes where it stopped "
+        "when run again. DST gets ENCRYPTION.json with the key's fingerprint, never the key. "
+        "Unreadable images fail the run after all others are written, unless --skip-bad.",
+    )
+    _add_common_arguments(p)
+    p.add_argument(
+        "--resize",
+        choices=RESIZE_POLICIES,
+        default=RESIZE_POLICIES[0],
+        help="shorter-center-crop (default): resize the shorter side, crop the centre; "
+        "stretch: resize to exactly the key's size; exact: refuse images of another size",
+    )
+    p.add_argument("--format", default="png", help="output format; only png (lossless)")
+    p.set_defaults(func=_cmd_folder, decrypt=False)
+
+    p = subparsers.add_parser(
+        "decrypt",
+        help="decrypt an encrypted folder tree (owner only)",
+        description="Decrypt every image below SRC (as written by 'ppconvmixer encrypt') into "
+        "the same relative tree below DST, as PNG. Images must have the key's size.",
+    )
+    _add_common_arguments(p)
+    p.set_defaults(func=_cmd_folder, decrypt=True, resize=RESIZE_POLICIES[0], format="png")
+
+
+def _add_common_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--key", required=True, help="key file")
+    p.add_argument("src", help="input folder tree")
+    p.add_argument("dst", help="output folder (created; resumed if an earlier run stopped)")
+    p.add_argument("--workers", type=int, default=2, help="worker processes (default: 2)")
+    p.add_argument(
+        "--skip-bad", action="store_true", help="list unreadable images instead of failing"
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _cmd_folder(args: argparse.Namespace) -> None:
+    """Handler of ``ppconvmixer encrypt`` / ``decrypt``: prints the report as JSON.
+
+    Errors end as one ``CLIError`` line (after one line per bad image on stderr).
+    """
+    key = BlockKey.load(args.key)
+    try:
+        report = encrypt_folder(
+            args.src,
+            args.dst,
+            key,
+            workers=args.workers,
+            resize=args.resize,
+            skip_bad=args.skip_bad,
+            decrypt=args.decrypt,
+            progress=not args.no_progress,
+            output_format=args.format,
+        )
+    except BadImagesError as e:
+        for bad in e.report.bad:
+            print(f"bad image: {bad.path}: {bad.reason}", file=sys.stderr)
+        raise CLIError(str(e)) from None
+    except FolderError as e:
+        raise CLIError(str(e)) from None
+    except KeyboardInterrupt:
+        raise CLIError(
+            "interrupted; every finished file is kept: run the same command again to resume"
+        ) from None
+    print(json.dumps(report.to_dict(), indent=2))
+
+
+def _add_push_parser(subparsers: argparse._SubParsersAction) -> None:
+    """``ppconvmixer push``: export with a key-free card, scan, upload."""
+    p = subparsers.add_parser(
+        "push",
+        help="export a model with a key-free card and upload it to the Hugging Face Hub",
+        description="Export MODEL (model.safetensors + config.json, a model card with the key's "
+        "fingerprint only) and upload it with huggingface_hub. Every file is scanned for key "
+        "material first; pass --key so the scan knows what to look for. Pull it back with "
+        "timm.create_model('hf-hub:REPO_ID', pretrained=True) after import timm_ppconvmixer.",
+    )
+    p.add_argument(
+        "model", help="model folder (model.safetensors + config.json), local-dir:PATH or hf-hub:ID"
+    )
+    p.add_argument("repo_id", help="Hub repository, e.g. me/ppconvmixer_256_8.fmnist")
+    p.add_argument("--key", help="the owner's key file, for the leak guard (never uploaded)")
+    p.add_argument("--metrics", help="JSON: {'top1_key': 0.91, ...} or recipes' final_metrics.json")
+    p.add_argument("--dataset", help="Hub dataset id the metrics were measured on")
+    p.add_argument("--recipe", help="training recipe file to show in the card (e.g. YAML config)")
+    p.add_argument("--license", default="apache-2.0")
+    p.add_argument("--private", action="store_true", help="create the repository as private")
+    p.add_argument("--revision", help="branch to push to (created if missing)")
+    p.add_argument("--token", help="Hub token (default: HF_TOKEN or the stored login)")
+    p.add_argument("--commit-message", default="Upload PPConvMixer model")
+    p.add_argument(
+        "--allow-key-derived-weights",
+        action="store_true",
+        help="publish a model whose P is exactly the key's block permutation (reveals it)",
+    )
+    p.set_defaults(func=_cmd_push)
+
+
+def _cmd_push(args: argparse.Namespace) -> None:
+    key = BlockKey.load(args.key) if args.key else None
+    metrics = read_metrics_file(args.metrics) if args.metrics else None
+    recipe = recipe_from_file(args.recipe) if args.recipe else None
+    model = load_model(args.model)
+    push_to_hub(
+        model,
+        args.repo_id,
+        key=key,
+        private=args.private,
+        revision=args.revision,
+        token=args.token,
+        commit_message=args.commit_message,
+        metrics=metrics,
+        dataset=args.dataset,
+        recipe=recipe,
+        license=args.license,
+        allow_key_derived_weights=args.allow_key_derived_weights,
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -213,10 +321,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("output", help="folder to write")
     p.set_defaults(func=_cmd_convert)
 
-    from .folders import add_folder_parsers  # `encrypt` / `decrypt` for folder trees
-
-    add_folder_parsers(sub)
-    add_push_parser(sub)
+    _add_folder_parsers(sub)
+    _add_push_parser(sub)
     return parser
 
 
@@ -232,6 +338,7 @@ def main(argv: list[str] | None = None) -> int:
         FileExistsError,
         FileNotFoundError,
         HubError,
+        ImagePolicyError,
         OSError,
     ) as e:
         print(f"error: {e}", file=sys.stderr)

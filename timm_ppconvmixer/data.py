@@ -16,7 +16,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .cipher import encrypt
+from .cipher import decrypt as decrypt_array
+from .cipher import encrypt as encrypt_array
+from .images import RESIZE_POLICIES, mode_for_channels, prepare_image
 from .key import BlockKey
 
 __all__ = [
@@ -26,7 +28,6 @@ __all__ = [
     "encrypt_dataset",
     "fashion_mnist_arrays",
     "load_fashion_mnist",
-    "prepare_for_key",
 ]
 
 FASHION_MNIST_DIR = Path(os.environ.get("FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist"))
@@ -122,30 +123,13 @@ def load_fashion_mnist(
     return ds if limit is None else ds.select(range(min(limit, len(ds))))
 
 
-def prepare_for_key(img: Image.Image, key: BlockKey, resize: str = "shorter-center-crop"):
-    """Convert to the key's channels and bring to its size: ``shorter-center-crop`` (resize
-    the short side, centre-crop) or ``stretch`` (resize to exactly H x W)."""
-    from .cli import prepare_image
-    from .transforms import ConvertImageMode
-
-    if resize == "stretch":
-        img = ConvertImageMode({1: "L", 3: "RGB"}[key.channels])(img)
-        h, w = key.image_size
-        return img if img.size == (w, h) else img.resize((w, h), Image.Resampling.BICUBIC)
-    if resize != "shorter-center-crop":
-        raise ValueError(f"resize must be 'shorter-center-crop' or 'stretch', got {resize!r}")
-    return prepare_image(img, key)
-
-
 def _encrypt_batch(batch: dict, key: BlockKey, column: str, resize: str, decrypt: bool) -> dict:
-    from .cipher import decrypt as decrypt_fn
-
-    images = [prepare_for_key(img, key, resize) for img in batch[column]]
+    images = [prepare_image(img, key, resize) for img in batch[column]]
     stacked = np.stack([np.asarray(img) for img in images])  # (B, H, W) or (B, H, W, C)
     if key.channels == 1:
         stacked = stacked[..., None]
-    out = (decrypt_fn if decrypt else encrypt)(stacked, key, layout="HWC")
-    mode = {1: "L", 3: "RGB"}[key.channels]
+    out = (decrypt_array if decrypt else encrypt_array)(stacked, key, layout="HWC")
+    mode = mode_for_channels(key.channels)
     batch[column] = [Image.fromarray(a.squeeze(-1) if key.channels == 1 else a, mode) for a in out]
     return batch
 
@@ -162,8 +146,9 @@ def encrypt_dataset(
 ):
     """Encrypt the ``image_column`` of a ``datasets.Dataset`` with ``key`` (batched ``map``).
 
-    Every image is converted to the key's channels and brought to its size (``resize``), then
-    encrypted as one batch gather; the result is stored losslessly (``datasets`` encodes new
+    Every image is prepared by :func:`timm_ppconvmixer.images.prepare_image` (the key's mode and
+    size, by the ``resize`` policy: the same pixels as every other path), then encrypted as one
+    batch gather; the result is stored losslessly (``datasets`` encodes new
     ``L``/``RGB`` images as PNG). Other columns and the features are preserved. The key is not
     stored anywhere in the dataset; pass ``decrypt=True`` (owner only) to invert.
 
@@ -171,6 +156,8 @@ def encrypt_dataset(
         >>> enc = encrypt_dataset(load_fashion_mnist("test", limit=8), key)  # doctest: +SKIP
         >>> enc.save_to_disk("fmnist-test-encrypted")  # doctest: +SKIP
     """
+    if resize not in RESIZE_POLICIES:
+        raise ValueError(f"resize must be one of {', '.join(RESIZE_POLICIES)}, got {resize!r}")
     if image_column not in ds.column_names:
         raise ValueError(f"no column {image_column!r} in the dataset (columns: {ds.column_names})")
     # datasets would fingerprint the map from its arguments, the key included, and store that

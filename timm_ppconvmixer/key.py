@@ -25,12 +25,15 @@ import hashlib
 import json
 import os
 import secrets
-import tempfile
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Hashable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
+
+from .atomic import atomic_write_bytes
 
 __all__ = ["BlockKey", "InvalidKeyError", "SCHEME", "SCHEME_VERSION"]
 
@@ -38,6 +41,7 @@ SCHEME = "ppconvmixer-blockwise"
 SCHEME_VERSION = 1
 _FINGERPRINT_PREFIX = "ppcm1-"
 _SALT_BYTES = 16
+T = TypeVar("T")
 
 
 class InvalidKeyError(ValueError):
@@ -64,6 +68,11 @@ def _check_geometry(size: tuple[int, int], block_size: int, channels: int) -> No
             f"image size {h}x{w} is not a positive multiple of block_size {block_size}; "
             f"resize or crop the images to a multiple of {block_size} first"
         )
+
+
+def _is_int(value: object) -> bool:
+    # JSON gives 4.7 and true for an integer field as readily as 4; int() would accept both.
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _is_permutation(values: np.ndarray, length: int) -> bool:
@@ -123,6 +132,31 @@ class BlockKey:
         if len(self._salt) not in (0, _SALT_BYTES):
             raise InvalidKeyError(f"salt must be {_SALT_BYTES} bytes, got {len(self._salt)}")
         self._fingerprint = self._compute_fingerprint()
+        self._init_derived()
+
+    def _init_derived(self) -> None:
+        self._derived: dict = {}
+        self._derived_lock = threading.Lock()
+
+    def derived(self, name: Hashable, build: Callable[[], T]) -> T:
+        """A value computed from this key once and kept with it (the cipher's gather plans).
+
+        Thread-safe: concurrent callers with the same ``name`` get one shared value. Derived
+        values are not pickled and never leave the process.
+        """
+        with self._derived_lock:
+            if name not in self._derived:
+                self._derived[name] = build()
+            return self._derived[name]
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        del state["_derived"], state["_derived_lock"]  # a lock cannot be pickled
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._init_derived()
 
     # -- construction -------------------------------------------------------------------------
 
@@ -221,11 +255,23 @@ class BlockKey:
         h.update(self._np_mask.numpy().astype(np.uint8).tobytes())
         return _FINGERPRINT_PREFIX + h.hexdigest()[:32]
 
+    def _secrets(self) -> tuple:
+        return (
+            self._image_size,
+            self._block_size,
+            self._channels,
+            tuple(self._block_perm.tolist()),
+            tuple(self._pixel_perm.tolist()),
+            tuple(self._np_mask.tolist()),
+        )
+
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, BlockKey) and other.fingerprint == self.fingerprint
+        # Equal when they encrypt alike: the salt only blinds the fingerprint, so two keys with
+        # the same secrets and different salts are the same key (with different fingerprints).
+        return isinstance(other, BlockKey) and other._secrets() == self._secrets()
 
     def __hash__(self) -> int:
-        return hash(self._fingerprint)
+        return hash(self._secrets())
 
     def __repr__(self) -> str:
         h, w = self._image_size
@@ -274,23 +320,16 @@ class BlockKey:
         model and dataset made with it unusable by its owner.
         """
         path = Path(path)
-        if path.exists() and not overwrite:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            atomic_write_bytes(
+                path, self.to_json().encode(), mode=0o600, overwrite=overwrite, fsync=True
+            )
+        except FileExistsError:
             raise FileExistsError(
                 f"{path} exists; refusing to overwrite a key file (pass overwrite=True / "
                 "--overwrite if you really mean to replace it)"
-            )
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            os.fchmod(fd, 0o600)
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(self.to_json())
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+            ) from None
         return path
 
     @classmethod
@@ -311,11 +350,15 @@ class BlockKey:
         missing = [k for k in fields if k not in data]
         if missing:
             raise InvalidKeyError(f"{source}: key file lacks field(s) {', '.join(missing)}")
+        for name in ("block_size", "channels"):
+            if not _is_int(data[name]):
+                raise InvalidKeyError(f"{source}: {name} must be an integer, got {data[name]!r}")
+        size = data["image_size"]
+        if not (isinstance(size, list) and len(size) == 2 and all(_is_int(v) for v in size)):
+            raise InvalidKeyError(f"{source}: image_size must be [H, W] integers, got {size!r}")
         for name in ("block_perm", "pixel_perm"):
             values = data[name]
-            if not isinstance(values, list) or not all(
-                isinstance(v, int) and not isinstance(v, bool) for v in values
-            ):
+            if not isinstance(values, list) or not all(_is_int(v) for v in values):
                 raise InvalidKeyError(f"{source}: {name} must be a list of integers")
         mask = data["np_mask"]
         if not isinstance(mask, str) or set(mask) - {"0", "1"}:

@@ -1,7 +1,7 @@
 """Encryption as a timm / torchvision transform, and timm's ``create_transform`` around it.
 
-Data flow on the owner's side (design.md section 2): image -> timm augmentation in the plain
-domain -> resize/crop to the key's size -> encrypt -> normalise -> model. Encryption must come
+Data flow on the owner's side (``docs/design.md`` section 4): image -> timm augmentation in the
+plain domain -> resize/crop to the key's size -> encrypt -> normalise -> model. Encryption must come
 after every spatial or photometric augmentation (they would break the block grid or act on
 scrambled pixels) and before normalisation (the negative-positive transformation is defined on
 pixel values, paper Sec. III-A step 4).
@@ -20,11 +20,11 @@ from timm.data.transforms import MaybePILToTensor, MaybeToTensor, ToNumpy
 from torchvision import transforms as T
 
 from .cipher import decrypt, encrypt, encrypt_hwc_to_chw
+from .images import DEFAULT_INTERPOLATION, KeyImageMode, mode_for_channels, timm_crop_mode
 from .key import BlockKey
 
 __all__ = [
     "BlockScramble",
-    "ConvertImageMode",
     "EncryptToTensor",
     "PlainRandomErasing",
     "create_transform",
@@ -83,7 +83,7 @@ class EncryptToTensor:
 
     def __call__(self, img: Any) -> torch.Tensor:
         if isinstance(img, Image.Image):
-            if img.mode != {1: "L", 3: "RGB"}.get(self.key.channels):
+            if img.mode != mode_for_channels(self.key.channels):
                 return BlockScramble(self.key)(img)  # raises the cipher's clear mode error
             out = encrypt_hwc_to_chw(np.asarray(img), self.key)
         else:
@@ -94,21 +94,6 @@ class EncryptToTensor:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(key={self.key.fingerprint}, scale={self.scale})"
-
-
-class ConvertImageMode:
-    """Convert PIL images to the key's channels (``"L"`` for 1, ``"RGB"`` for 3)."""
-
-    def __init__(self, mode: str) -> None:
-        self.mode = mode
-
-    def __call__(self, img: Any) -> Any:
-        if isinstance(img, Image.Image) and img.mode != self.mode:
-            return img.convert(self.mode)
-        return img
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.mode!r})"
 
 
 class PlainRandomErasing:
@@ -125,15 +110,26 @@ class PlainRandomErasing:
         return f"{type(self).__name__}({self.erasing!r})"
 
 
-def create_transform(key: BlockKey, is_training: bool = False, **timm_kwargs: Any) -> T.Compose:
+def create_transform(
+    key: BlockKey,
+    is_training: bool = False,
+    resize: str = "shorter-center-crop",
+    **timm_kwargs: Any,
+) -> T.Compose:
     """``timm.data.create_transform`` with block-wise encryption in the right place.
 
-    The image is brought to the key's size (``input_size`` is the key's ``(C, H, W)``; for eval
-    ``crop_pct`` defaults to 1.0: resize the short side to the key's size and centre-crop, with no
-    further crop), augmented in the plain domain, converted to a tensor, encrypted, then
-    normalised (or, with ``use_prefetcher=True``, handed to the loader as an encrypted uint8
-    tensor to normalise). PIL inputs are converted to the key's channels first. Random erasing
-    (``re_prob``) is moved before encryption (see :class:`PlainRandomErasing`).
+    The image is brought to the key's size (``input_size`` is the key's ``(C, H, W)``), augmented
+    in the plain domain, converted to a tensor, encrypted, then normalised (or, with
+    ``use_prefetcher=True``, handed to the loader as an encrypted uint8 tensor to normalise).
+    PIL inputs are first converted to the key's mode by the package's one colour policy
+    (:func:`timm_ppconvmixer.images.to_key_mode`). Random erasing (``re_prob``) is moved before
+    encryption (see :class:`PlainRandomErasing`).
+
+    For evaluation the resize and crop are exactly those of
+    :func:`timm_ppconvmixer.images.prepare_image` (``crop_pct`` 1.0, ``interpolation``
+    bicubic, ``resize`` ``shorter-center-crop`` or ``stretch``), so an image encrypted offline
+    (``ppconvmixer encrypt``, ``encrypt_dataset``) and the same image served through this
+    transform give the same encrypted pixels.
 
     All other keyword arguments are timm's (``hflip``, ``color_jitter``, ``auto_augment``,
     ``interpolation``, ``mean``, ``std``, ``use_prefetcher``...). ``input_size`` may be given but
@@ -154,8 +150,11 @@ def create_transform(key: BlockKey, is_training: bool = False, **timm_kwargs: An
         )
     if timm_kwargs.pop("separate", False):
         raise ValueError("separate=True is not supported: encryption needs the whole pipeline")
+    timm_kwargs.setdefault("interpolation", DEFAULT_INTERPOLATION)
     if not is_training:
         timm_kwargs.setdefault("crop_pct", 1.0)
+        # the crop mode comes from the table prepare_image uses (raises on a bad policy)
+        timm_kwargs.setdefault("crop_mode", timm_crop_mode(resize))
     if key.channels == 1:
         timm_kwargs.setdefault("mean", (0.5,))
         timm_kwargs.setdefault("std", (0.5,))
@@ -172,6 +171,5 @@ def create_transform(key: BlockKey, is_training: bool = False, **timm_kwargs: An
         steps[at] = EncryptToTensor(key, scale=isinstance(steps[at], MaybeToTensor))
     else:
         steps.insert(at + 1, BlockScramble(key))
-    mode = {1: "L", 3: "RGB"}.get(key.channels)
-    head = [ConvertImageMode(mode)] if mode else []
+    head = [KeyImageMode(key.channels)] if key.channels in (1, 3) else []
     return T.Compose(head + steps)

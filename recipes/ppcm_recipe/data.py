@@ -18,6 +18,7 @@ from torch.utils.data import Dataset, Sampler
 
 from timm_ppconvmixer import BlockKey, decrypt
 from timm_ppconvmixer.data import load_fashion_mnist
+from timm_ppconvmixer.images import to_key_mode
 from timm_ppconvmixer.transforms import create_transform
 
 
@@ -139,7 +140,7 @@ class DecryptedView:
 
     def get(self, i: int):
         img, label = self.images.get(i)
-        return decrypt(img.convert({1: "L", 3: "RGB"}[self.key.channels]), self.key), label
+        return decrypt(to_key_mode(img, self.key.channels), self.key), label
 
 
 class EvalDataset(Dataset):
@@ -182,7 +183,7 @@ def encrypted_transform(input_size, mean, std):
     """Already encrypted images: no resizing (it would mix blocks), to tensor, normalise."""
     from torchvision import transforms as T
 
-    from timm_ppconvmixer.transforms import ConvertImageMode
+    from timm_ppconvmixer.images import KeyImageMode
 
     def check_size(img):
         if img.size != (input_size[2], input_size[1]):
@@ -194,7 +195,7 @@ def encrypted_transform(input_size, mean, std):
 
     return T.Compose(
         [
-            ConvertImageMode({1: "L", 3: "RGB"}[input_size[0]]),
+            KeyImageMode(input_size[0]),
             T.Lambda(check_size),
             T.ToTensor(),
             T.Normalize(mean, std),
@@ -205,11 +206,17 @@ def encrypted_transform(input_size, mean, std):
 def eval_transform(input_size, mean, std, key: BlockKey | None = None):
     """Resize/centre-crop to the model's size, encrypt with ``key`` if given, normalise."""
     if key is not None:
-        return create_transform(key, is_training=False, mean=mean, std=std, interpolation="bicubic")
-    from timm_ppconvmixer.transforms import ConvertImageMode
+        return create_transform(key, is_training=False, mean=mean, std=std)
+    # the plain baseline: the same resize and crop as every encrypted path, without encryption
+    from timm_ppconvmixer.images import DEFAULT_INTERPOLATION, KeyImageMode
 
     tf = timm_create_transform(
-        input_size, is_training=False, crop_pct=1.0, mean=mean, std=std, interpolation="bicubic"
+        input_size,
+        is_training=False,
+        crop_pct=1.0,
+        mean=mean,
+        std=std,
+        interpolation=DEFAULT_INTERPOLATION,
     )
-    tf.transforms.insert(0, ConvertImageMode({1: "L", 3: "RGB"}[input_size[0]]))
+    tf.transforms.insert(0, KeyImageMode(input_size[0]))
     return tf

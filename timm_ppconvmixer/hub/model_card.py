@@ -15,10 +15,11 @@ import torch
 import yaml
 from torch import nn
 
-from .key import SCHEME, BlockKey
-from .leak_guard import HubError, _permutation_of_matrix
-from .models import PPConvMixer
-from .permutation import AdaptivePermutation, HardPermutation
+from ..key import SCHEME, BlockKey
+from ..models import PPConvMixer
+from ..permutation import AdaptivePermutation, HardPermutation
+from .errors import HubError
+from .file_scan import permutation_of_matrix
 
 __all__ = ["METRIC_LABELS", "TAGS", "model_card", "normalize_metrics"]
 
@@ -155,7 +156,7 @@ def _is_exact_permutation(perm: nn.Module | None) -> bool:
         return not torch.equal(perm.source.cpu(), torch.arange(perm.source.numel()))
     if not isinstance(perm, AdaptivePermutation):
         return False
-    order = _permutation_of_matrix(perm.weight.detach().cpu())
+    order = permutation_of_matrix(perm.weight.detach().cpu())
     return order is not None and not np.array_equal(order, np.arange(len(order)))
 
 

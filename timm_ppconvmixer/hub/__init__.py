@@ -1,0 +1,60 @@
+"""Sharing models on the Hugging Face Hub: save and export model folders, push and pull.
+
+A model folder holds ``model.safetensors`` (no pickle files), ``config.json`` exactly as timm's
+``save_for_hf`` writes it, so ``timm.create_model("local-dir:<folder>")`` and
+``timm.create_model("hf-hub:<repo>", pretrained=True)`` work once ``timm_ppconvmixer`` is
+imported, and, for sharing, ``README.md``: a model card whose only fact about the key is its
+public fingerprint (built by :mod:`.model_card`).
+
+Example:
+    >>> import timm, timm_ppconvmixer
+    >>> from timm_ppconvmixer.hub import export, push_to_hub
+    >>> model = timm.create_model("ppconvmixer_256_8", img_size=16, num_classes=3)
+    >>> export(model, "out/tiny")  # doctest: +SKIP
+    >>> push_to_hub(model, "me/tiny", key=key, metrics={"top1_key": 0.91})  # doctest: +SKIP
+
+The leak guard (:func:`scan_for_key_material`, in :mod:`.leak_guard`) runs on every file
+before it is renamed into place by :func:`export` and again before anything is uploaded. What it
+detects and what it cannot is listed in ``docs/hub.md``.
+
+Modules: :mod:`.model_folder` (save, export, load), :mod:`.transfer` (upload, push),
+:mod:`.model_card`, :mod:`.leak_guard` (with :mod:`.key_patterns` and :mod:`.file_scan`),
+:mod:`.errors`. Their public names are re-exported here.
+"""
+
+from .errors import HubError, KeyMaterialError
+from .key_patterns import MASK_WINDOW, MIN_WINDOW_BITS, PERM_WINDOW, Finding
+from .leak_guard import assert_no_key_material, scan_for_key_material
+from .model_card import METRIC_LABELS, TAGS, model_card, normalize_metrics
+from .model_folder import export, load_model, model_args_for_export, save_model_folder
+from .transfer import (
+    folder_listing,
+    push_to_hub,
+    read_metrics_file,
+    recipe_from_file,
+    upload_model_folder,
+)
+
+__all__ = [
+    "Finding",
+    "HubError",
+    "KeyMaterialError",
+    "MASK_WINDOW",
+    "METRIC_LABELS",
+    "MIN_WINDOW_BITS",
+    "PERM_WINDOW",
+    "TAGS",
+    "assert_no_key_material",
+    "export",
+    "folder_listing",
+    "load_model",
+    "model_args_for_export",
+    "model_card",
+    "normalize_metrics",
+    "push_to_hub",
+    "read_metrics_file",
+    "recipe_from_file",
+    "save_model_folder",
+    "scan_for_key_material",
+    "upload_model_folder",
+]

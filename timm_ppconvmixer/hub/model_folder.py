@@ -1,0 +1,228 @@
+"""Model folders: ``model.safetensors`` + ``config.json`` as timm's ``save_for_hf`` writes
+them (the owner's private copy), and the shareable export with a key-free card, checked by a
+reload through timm and by the leak guard before it appears under its name."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+import uuid
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from timm.models import save_for_hf
+from torch import nn
+
+from ..key import BlockKey
+from ..models import PPConvMixer
+from .errors import HubError
+from .leak_guard import assert_no_key_material
+from .model_card import model_card
+
+__all__ = [
+    "CARD_FILE",
+    "CONFIG_FILE",
+    "WEIGHTS_FILE",
+    "export",
+    "load_model",
+    "model_args_for_export",
+    "save_model_folder",
+]
+
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+CARD_FILE = "README.md"
+
+
+def model_args_for_export(model: nn.Module) -> dict:
+    """The constructor arguments timm needs, beyond the architecture name, to rebuild
+    ``model`` (recorded in ``config.json``'s ``model_args``)."""
+    args = {"in_chans": model.in_chans, "num_classes": model.num_classes}
+    if isinstance(model, PPConvMixer):
+        args["img_size"] = list(model.img_size)
+        if model.permutation is None:
+            args["permutation"] = False
+        if model.key_fingerprint is not None:
+            args["key_fingerprint"] = model.key_fingerprint
+    return args
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
+
+
+@contextmanager
+def _staged_folder(
+    out_dir: str | os.PathLike, overwrite: bool, mode: int | None = None
+) -> Iterator[Path]:
+    """Yield a temporary folder next to ``out_dir``; rename it into place only if the block
+    finishes without error, so an interrupted or refused export leaves nothing half written.
+    The folder keeps mkdtemp's owner-only mode unless ``mode`` is given."""
+    out = Path(out_dir)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} exists; pass overwrite=True (--overwrite) to replace it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
+    try:
+        if mode is not None:
+            os.chmod(tmp, mode)
+        yield tmp
+        if out.exists():
+            os.replace(out, old)  # keep the old folder until the new one is in place
+        os.replace(tmp, out)
+        if old.exists():
+            _remove(old)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old.exists() and not out.exists():  # put the previous folder back
+            os.replace(old, out)
+        raise
+
+
+def save_model_folder(
+    model: nn.Module, out_dir: str | os.PathLike, overwrite: bool = False
+) -> Path:
+    """Write ``model.safetensors`` + ``config.json`` into ``out_dir`` atomically.
+
+    The folder is assembled under a temporary name next to ``out_dir`` and renamed into place,
+    so an interrupted save leaves nothing half written. No card and no leak guard: this is the
+    owner's private copy (use :func:`export` to share).
+
+    Example:
+        >>> save_model_folder(model, "outputs/model")  # doctest: +SKIP
+    """
+    with _staged_folder(out_dir, overwrite) as tmp:
+        _write_weights(model, tmp)
+    return Path(out_dir)
+
+
+def _write_weights(model: nn.Module, folder: Path) -> None:
+    save_for_hf(model, folder, model_args=model_args_for_export(model), safe_serialization=True)
+
+
+def load_model(spec: str | os.PathLike) -> nn.Module:
+    """Load a model to publish from a model folder or a ``local-dir:`` / ``hf-hub:`` spec.
+
+    Example:
+        >>> model = load_model("outputs/fmnist28/model")  # doctest: +SKIP
+    """
+    text = str(spec)
+    if text.startswith(("local-dir:", "hf-hub:")):
+        name = text
+    elif Path(text).is_dir():
+        missing = [f for f in (WEIGHTS_FILE, CONFIG_FILE) if not (Path(text) / f).is_file()]
+        if missing:
+            raise HubError(
+                f"{text}: not a model folder (no {' or '.join(missing)}); write one with "
+                "timm_ppconvmixer.hub.save_model_folder or `ppconvmixer convert`"
+            )
+        name = f"local-dir:{Path(text).resolve()}"
+    else:
+        raise HubError(
+            f"{text}: no such model folder; pass a folder holding {WEIGHTS_FILE} + {CONFIG_FILE}, "
+            "local-dir:PATH or hf-hub:REPO"
+        )
+    try:
+        model = timm.create_model(name, pretrained=True)
+    except (RuntimeError, ValueError, *transport_errors()) as e:
+        raise HubError(f"cannot load {text}: {first_line(e)}") from e
+    return model.eval()
+
+
+def first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _check_rebuilds(model: nn.Module, folder: Path) -> None:
+    """Load ``folder`` back with timm and compare every tensor: what we share must be exactly
+    what ``timm.create_model("hf-hub:...", pretrained=True)`` will rebuild."""
+    try:
+        loaded = timm.create_model(f"local-dir:{folder}", pretrained=True)
+    except (RuntimeError, TypeError, ValueError) as e:
+        raise HubError(
+            f"the exported config.json does not rebuild the model ({first_line(e)}); create "
+            "the model with timm.create_model(<registered ppconvmixer_* name>, ...) so timm "
+            "records how"
+        ) from e
+    ours, theirs = model.state_dict(), loaded.state_dict()
+    if ours.keys() != theirs.keys():
+        raise HubError(
+            f"the exported folder rebuilds a model with other parameters "
+            f"({sorted(set(ours) ^ set(theirs))[:4]}); a hardened P (HardPermutation) cannot be "
+            "exported in timm's format yet: export the model before harden_permutation"
+        )
+    for name, value in ours.items():
+        if not torch.equal(value.detach().cpu(), theirs[name]):
+            raise HubError(f"the exported folder rebuilds {name} with other values")
+
+
+def export(
+    model: nn.Module,
+    out_dir: str | os.PathLike,
+    *,
+    key: BlockKey | None = None,
+    metrics: Mapping[str, Any] | None = None,
+    dataset: str | Mapping[str, Any] | None = None,
+    recipe: str | Mapping[str, Any] | None = None,
+    license: str = "apache-2.0",
+    overwrite: bool = False,
+    repo_id: str | None = None,
+    model_name: str | None = None,
+    allow_key_derived_weights: bool = False,
+) -> Path:
+    """Write a shareable model folder: ``model.safetensors``, ``config.json`` (as timm's
+    ``save_for_hf`` writes it) and ``README.md`` (:func:`model_card`).
+
+    With ``key``, the model's recorded fingerprint must be the key's, and the leak guard
+    scans every file for that key's secrets; without it the guard can only find key files and
+    exact permutation matrices. Everything is written into a temporary folder next to
+    ``out_dir`` and renamed into place only after the folder reloads with timm to the same
+    tensors and the guard passed.
+
+    Example:
+        >>> export(model, "out/tiny", key=key, metrics={"top1_key": 0.91},
+        ...        dataset="zalando-datasets/fashion_mnist", repo_id="me/tiny")  # doctest: +SKIP
+    """
+    card = model_card(
+        model,
+        key=key,
+        metrics=metrics,
+        dataset=dataset,
+        recipe=recipe,
+        license=license,
+        repo_id=repo_id,
+        model_name=model_name,
+    )
+    with _staged_folder(out_dir, overwrite, mode=0o755) as tmp:  # meant to be shared
+        _write_weights(model, tmp)
+        _check_rebuilds(model, tmp)
+        (tmp / CARD_FILE).write_text(card, encoding="utf-8")  # inside the staged folder
+        assert_no_key_material(tmp, key, allow_key_derived_weights=allow_key_derived_weights)
+    return Path(out_dir)
+
+
+def transport_errors() -> tuple[type[BaseException], ...]:
+    """The client's HTTP errors, whichever HTTP library this huggingface_hub uses."""
+    from huggingface_hub.errors import HfHubHTTPError
+
+    errors: list[type[BaseException]] = [HfHubHTTPError, OSError]
+    for name, attr in (
+        ("httpx2", "HTTPError"),
+        ("httpx", "HTTPError"),
+        ("requests", "RequestException"),
+    ):
+        module = sys.modules.get(name)
+        if module is not None and hasattr(module, attr):
+            errors.append(getattr(module, attr))
+    return tuple(errors)
