@@ -7,9 +7,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from torch.utils.data import DataLoader
 
 from timm_ppconvmixer import BlockKey
 from timm_ppconvmixer.permutation import AdaptivePermutation
+
+from .data import DecryptedView, EvalDataset, encrypted_transform, eval_transform
 
 
 @torch.no_grad()
@@ -70,3 +73,29 @@ def plot_permutation(model, key: BlockKey, path: Path) -> Path | None:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def evaluate_all(cfg, model, images, key, input_size, mean, std, device, autocast) -> dict:
+    """Top-1 on the validation split: with the correct key, on plain images, with a wrong key
+    (those two need the owner's key); without a key only in the data's own domain."""
+    bs, workers = cfg["eval"]["batch_size"], cfg["data"]["num_workers"]
+
+    def run(view, transform):
+        return top1(
+            model,
+            DataLoader(EvalDataset(view, transform), bs, num_workers=workers),
+            device,
+            autocast,
+        )
+
+    if key is None:
+        if cfg["data"]["encrypted"]:
+            return {"top1_encrypted": run(images, encrypted_transform(input_size, mean, std))}
+        return {"top1_plain": run(images, eval_transform(input_size, mean, std))}
+    plain = DecryptedView(images, key) if cfg["data"]["encrypted"] else images
+    wrong = BlockKey.generate(key.image_size, key.block_size, key.channels, seed=cfg["seed"] + 1)
+    return {
+        "top1_key": run(plain, eval_transform(input_size, mean, std, key)),
+        "top1_plain": run(plain, eval_transform(input_size, mean, std)),
+        "top1_wrong_key": run(plain, eval_transform(input_size, mean, std, wrong)),
+    }
