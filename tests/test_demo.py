@@ -10,6 +10,7 @@ import timm
 
 import timm_ppconvmixer  # noqa: F401
 from timm_ppconvmixer import BlockKey
+from timm_ppconvmixer.hub import scan_for_key_material
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -32,13 +33,14 @@ def test_demo_runs_end_to_end_and_keeps_the_key_with_the_owner(tmp_path):
     assert key.fingerprint in (out / "report.md").read_text()
     model = timm.create_model(f"local-dir:{out / 'export'}", pretrained=True)
     assert model.key_fingerprint == key.fingerprint
-    # the secrets appear nowhere outside owner/ (nor in the training checkpoints)
-    secret_lists = [json.dumps(t.tolist())[1:-1] for t in (key.block_perm, key.pixel_perm)]
-    for path in out.rglob("*"):
-        if (
-            path.is_file()
-            and "owner" not in path.parts
-            and path.suffix in (".json", ".md", ".yaml")
-        ):
-            text = path.read_text()
-            assert not any(s in text for s in secret_lists), path
+    # the secrets appear in no file outside owner/: checkpoints (safetensors and accelerate's
+    # pickles), the encrypted dataset's arrow files, logs, configs, the export and its card
+    shared = [p for p in out.rglob("*") if p.is_file() and "owner" not in p.parts]
+    assert any("checkpoints" in p.parts for p in shared)
+    assert any(p.suffix == ".arrow" for p in shared)
+    secret_lists = [json.dumps(t.tolist())[1:-1].encode() for t in (key.block_perm, key.pixel_perm)]
+    for path in shared:  # as text, the way a config or log would carry them
+        data = path.read_bytes()
+        assert not any(s in data for s in secret_lists), path
+    # and in every binary encoding the leak guard knows (raw ints and floats, safetensors)
+    assert scan_for_key_material(shared, key) == []
