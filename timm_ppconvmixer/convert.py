@@ -1,7 +1,7 @@
 """Exact model conversion: plain ConvMixer -> encrypted-domain PPConvMixer, re-keying, and
 hardening a learned P into a permutation.
 
-Why it is exact (design.md section 1, paper Sec. III-B properties 1 and 2). Let z be a
+Why it is exact (docs/design.md section 1, paper Sec. III-B properties 1 and 2). Let z be a
 normalised plain patch (C*M*M values in (C, M, M) order, channel c(i) of value i, per-channel
 mean m_c and std s_c) and z' the normalised encrypted patch. With pixel shuffling pi (K2) and
 the negative-positive flip (K3: sign e_j = -1 and offset f_j = 1 where the mask is set, else
@@ -20,26 +20,21 @@ model without P) restores the plain model's tokens exactly. Every later layer is
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass
 
-import numpy as np
 import torch
-from scipy.optimize import linear_sum_assignment
 from timm.models.convmixer import ConvMixer
 from torch import nn
 
 from .key import BlockKey
 from .models import PPConvMixer
-from .permutation import AdaptivePermutation, HardPermutation, permutation_penalty
+from .permutation import AdaptivePermutation
 
 __all__ = [
     "ConversionError",
-    "HardeningReport",
     "decrypt_model",
     "encrypt_model",
-    "harden_permutation",
     "rekey_model",
-]
+]  # and, from .harden, HardeningReport and harden_permutation
 
 _SOURCE_WEIGHT_FIELDS = (
     "url",
@@ -269,59 +264,11 @@ def rekey_model(
     return encrypt_model(plain, new_key, mean=mean, std=std)
 
 
-@dataclass
-class HardeningReport:
-    """How far a learned P was from the permutation that replaced it."""
+def __getattr__(name: str):
+    # Hardening lives in .harden (module size); kept importable from here, lazily, since
+    # .harden itself imports ConversionError from this module.
+    if name in ("HardeningReport", "harden_permutation"):
+        from . import harden
 
-    num_tokens: int
-    penalty: float  # L_U of the learned P (0 for an exact permutation)
-    relative_distance: float  # ||P - Pi||_F / ||Pi||_F
-    assigned_weight_fraction: float  # sum |P| on Pi's entries / sum |P|
-    rows_whose_max_is_assigned: float  # share of rows whose largest entry is Pi's
-    predictions_checked: int = 0
-    predictions_changed: int = 0
-    max_logit_difference: float | None = None
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
-
-def harden_permutation(
-    model: PPConvMixer, images: torch.Tensor | None = None
-) -> tuple[PPConvMixer, HardeningReport]:
-    """Replace a learned P by the nearest permutation, applied as an index gather.
-
-    The nearest permutation matrix in Frobenius norm maximises ``sum_i P[i, sigma(i)]``, a
-    linear assignment problem (solved with the Hungarian method). The returned copy's P is a
-    :class:`HardPermutation` (no n x n matmul; inference only). With ``images`` (a normalised
-    batch), the report says whether any prediction changed.
-    """
-    perm = model.permutation if isinstance(model, PPConvMixer) else None
-    if not isinstance(perm, AdaptivePermutation):
-        raise ConversionError("harden_permutation needs a PPConvMixer with a trainable P")
-    w = perm.weight.detach().double().cpu()
-    rows, cols = linear_sum_assignment(w.numpy(), maximize=True)
-    hard = torch.zeros_like(w)
-    hard[rows, cols] = 1.0
-    source = torch.empty(len(cols), dtype=torch.long)
-    source[torch.as_tensor(cols)] = torch.as_tensor(rows)  # out[:, j] = tokens[:, source[j]]
-    report = HardeningReport(
-        num_tokens=perm.num_tokens,
-        penalty=float(permutation_penalty(w)),
-        relative_distance=float(torch.linalg.norm(w - hard) / np.sqrt(perm.num_tokens)),
-        assigned_weight_fraction=float(w.abs()[rows, cols].sum() / w.abs().sum()),
-        rows_whose_max_is_assigned=float((w.argmax(1) == torch.as_tensor(cols)).double().mean()),
-    )
-    hardened = copy.deepcopy(model)
-    hardened.stem[-1] = HardPermutation(source, perm.grid_size).to(perm.weight.device)
-    if images is not None:
-        with torch.no_grad():
-            was_training = model.training
-            model.eval()
-            before = model(images)
-            model.train(was_training)
-            after = hardened.eval()(images)
-        report.predictions_checked = len(images)
-        report.predictions_changed = int((before.argmax(1) != after.argmax(1)).sum())
-        report.max_logit_difference = float((before - after).abs().max())
-    return hardened, report
+        return getattr(harden, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

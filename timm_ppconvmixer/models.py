@@ -1,12 +1,6 @@
-"""PPConvMixer: timm's ConvMixer with the paper's adaptive permutation matrix, its pretrained
-cfgs and its registrations (paper Sec. III-B, Fig. 1).
-
-The adaptive permutation P (:class:`~timm_ppconvmixer.permutation.AdaptivePermutation`) is the
-last module of ``stem`` (after patch embedding conv, activation and BatchNorm), so every method
-inherited from timm's ``ConvMixer`` (``forward_features``, ``forward_intermediates``,
-``prune_intermediate_layers``, grad checkpointing, ``group_matcher``, which puts P with the stem)
-runs P in its place with no copied code. With ``permutation=False`` the model is exactly timm's
-ConvMixer: same modules, same state dict, Eq. (3) parameters; with P it has Eq. (4) parameters.
+"""The registered ``ppconvmixer_*`` models, their pretrained cfgs, and the parameter counts of
+Eq. (3) and Eq. (4) (paper Sec. III-B, Fig. 1). The model class is
+:class:`~timm_ppconvmixer.pp_convmixer.PPConvMixer` (re-exported here).
 """
 
 from __future__ import annotations
@@ -17,127 +11,13 @@ import math
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import to_2tuple
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
-from timm.models.convmixer import ConvMixer
 from torch import nn
 
 from .permutation import AdaptivePermutation
+from .pp_convmixer import PPConvMixer
 from .pretrained import DEMO_WEIGHTS
 
 __all__ = ["PPConvMixer", "convmixer_num_params", "ppconvmixer_num_params"]
-
-
-class PPConvMixer(ConvMixer):
-    """ConvMixer (Trockman and Kolter, ICLR 2022) with an adaptive permutation matrix.
-
-    Args:
-        dim, depth, kernel_size, patch_size, in_chans, num_classes, global_pool, drop_rate,
-            act_layer: as timm's ``ConvMixer``. ``patch_size`` must equal the key's block size.
-        img_size: (H, W) or int; fixes the token grid (H/M, W/M) and so P's size n x n. Inputs of
-            another size are refused with a clear error.
-        permutation: add P (default). ``False`` gives the paper's "without P" ablation.
-        permutation_init: ``"kaiming"`` (default, as the adaptation network of the penalty's
-            source [15]) or ``"identity"``; see ``AdaptivePermutation``.
-        penalty_weight: lambda of Eq. (1); the paper uses 1e-4.
-        implicit_penalty: apply lambda * L_U through P's gradient in training (for timm's
-            ``train.py``); set ``False`` when the loss adds ``permutation_penalty()`` itself.
-        key_fingerprint: the public fingerprint of the key whose encrypted domain the weights
-            work in (set by conversion and training, saved in ``config.json``); never the key.
-
-    Example:
-        >>> import timm, timm_ppconvmixer
-        >>> model = timm.create_model("ppconvmixer_512_16", num_classes=10)
-        >>> sum(p.numel() for p in model.parameters())
-        5345306
-    """
-
-    __jit_unused_properties__ = [
-        "permutation",
-        "penalty_weight",
-    ]  # Python-side helper, not part of forward
-
-    def __init__(
-        self,
-        dim: int,
-        depth: int,
-        kernel_size: int = 9,
-        patch_size: int = 7,
-        in_chans: int = 3,
-        num_classes: int = 1000,
-        img_size: int | tuple[int, int] = 224,
-        permutation: bool = True,
-        permutation_init: str = "kaiming",
-        penalty_weight: float = 1e-4,
-        implicit_penalty: bool = True,
-        key_fingerprint: str | None = None,
-        device=None,
-        dtype=None,
-        **kwargs,
-    ) -> None:
-        super().__init__(
-            dim,
-            depth,
-            kernel_size=kernel_size,
-            patch_size=patch_size,
-            in_chans=in_chans,
-            num_classes=num_classes,
-            device=device,
-            dtype=dtype,
-            **kwargs,
-        )
-        self.key_fingerprint = key_fingerprint
-        self.img_size = to_2tuple(img_size)
-        self.patch_size = patch_size
-        h, w = self.img_size
-        if h % patch_size or w % patch_size:
-            raise ValueError(
-                f"img_size {h}x{w} is not a multiple of patch_size {patch_size}: with block-wise "
-                "encryption every patch must be exactly one block"
-            )
-        self.grid_size = (h // patch_size, w // patch_size)
-        if permutation:
-            self.stem.append(
-                AdaptivePermutation(
-                    self.grid_size,
-                    init=permutation_init,
-                    penalty_weight=penalty_weight,
-                    implicit_penalty=implicit_penalty,
-                    image_size=self.img_size,
-                    patch_size=patch_size,
-                    device=device,
-                    dtype=dtype,
-                )
-            )
-
-    @property
-    def permutation(self) -> nn.Module | None:
-        """The token permutation module (adaptive P, or a hardened one), or ``None``."""
-        last = self.stem[-1]
-        return last if not isinstance(last, nn.BatchNorm2d) else None
-
-    @property
-    def penalty_weight(self) -> float:
-        """lambda of Eq. (1) for this model's P (0.0 without a trainable P)."""
-        perm = self.permutation
-        return perm.penalty_weight if isinstance(perm, AdaptivePermutation) else 0.0
-
-    def permutation_penalty(self):
-        """L_U of the adaptive P (unweighted; see ``permutation.permutation_penalty``).
-
-        Zero for a model without a trainable P. Add ``penalty_weight * permutation_penalty()``
-        to the loss only when ``implicit_penalty`` is off, or the penalty counts twice.
-        """
-        from .permutation import permutation_penalty
-
-        perm = self.permutation
-        if isinstance(perm, AdaptivePermutation):
-            return permutation_penalty(perm.weight)
-        return self.head.weight.new_zeros(()) if hasattr(self.head, "weight") else 0.0
-
-    def set_implicit_penalty(self, enable: bool) -> None:
-        """Turn the gradient-side penalty on or off (off when the loss adds it explicitly)."""
-        perm = self.permutation
-        if isinstance(perm, AdaptivePermutation):
-            perm.implicit_penalty = bool(enable)
 
 
 def convmixer_num_params(
@@ -168,7 +48,7 @@ def _check_permutation_size(state_dict: dict, model: PPConvMixer) -> dict:
     """Refuse weights whose P was built for another input size, naming both sizes: P belongs
     to the key's block grid and cannot be resized like a position embedding."""
     perm = model.permutation
-    name = f"stem.{len(model.stem) - 1}.weight"
+    name = f"stem.{model.permutation_index}.weight"
     if isinstance(perm, AdaptivePermutation) and name not in state_dict:
         # plain ConvMixer weights (e.g. timm's convmixer_*): keep P as initialised, typically
         # permutation_init="identity" to start exactly from the plain model

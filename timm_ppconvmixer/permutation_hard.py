@@ -1,0 +1,79 @@
+"""Hard permutations: the gather that replaces a hardened P, and how close a learned P is to
+a permutation (for hardening, the leak guard and the owner's evaluation).
+
+With ``P[i, j] = 1`` exactly when encrypted block ``i`` holds plain block ``j``
+(``BlockKey.block_perm[i] == j``), ``tokens @ P`` puts every plain block back in its place
+(paper Sec. III-B, Fig. 1); a P close to such a matrix therefore carries the key's block order.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+from timm.models import register_notrace_module
+
+__all__ = ["HardPermutation", "block_order_recovery", "permutation_closeness"]
+
+
+@register_notrace_module
+class HardPermutation(nn.Module):
+    """A permutation of the tokens applied as an index gather (inference form of a hardened P).
+
+    ``out[..., j] = tokens[..., source[j]]``, equal to ``tokens @ P`` for the 0/1 matrix with
+    ``P[source[j], j] = 1``.
+    """
+
+    def __init__(self, source: torch.Tensor, grid_size: tuple[int, int]) -> None:
+        super().__init__()
+        self.grid_size = (int(grid_size[0]), int(grid_size[1]))
+        self.register_buffer("source", source.to(torch.long).clone())
+
+    def matrix(self) -> torch.Tensor:
+        """The 0/1 matrix this gather applies."""
+        n = self.source.numel()
+        out = torch.zeros(n, n, device=self.source.device)
+        out[self.source, torch.arange(n, device=self.source.device)] = 1.0
+        return out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, gh, gw = x.shape
+        if gh != self.grid_size[0] or gw != self.grid_size[1]:
+            raise ValueError(
+                f"token grid {gh}x{gw} does not match the hardened permutation's grid "
+                f"{self.grid_size[0]}x{self.grid_size[1]}"
+            )
+        tokens = x.flatten(2)
+        # gather with a broadcast (expanded, copy-free) index is several times faster on CPU
+        # than index_select along the last dimension
+        index = self.source.expand(b, c, self.source.numel())
+        return torch.gather(tokens, 2, index).view(b, c, gh, gw)
+
+
+@torch.no_grad()
+def permutation_closeness(matrix: torch.Tensor) -> float:
+    """How close P is to a signed, scaled permutation, in [0, 1]: the largest share of P's
+    energy (sum of squares) that lies on the entries of one permutation,
+    ``max_sigma sum_i P[i, sigma(i)]^2 / sum_ij P_ij^2`` (a linear assignment problem).
+
+    1 exactly when P has one non-zero entry per row and column (any signs and scales); about
+    3/n for the Kaiming-uniform start; for a P that carries the key's block order (K1) it is
+    near 1. Pass the effective matrix (``AdaptivePermutation.matrix()``), not Sinkhorn logits.
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    energy = matrix.detach().double().cpu().square()
+    total = float(energy.sum())
+    if total == 0.0:
+        return 0.0
+    rows, cols = linear_sum_assignment(energy.numpy(), maximize=True)
+    return float(energy[rows, cols].sum()) / total
+
+
+@torch.no_grad()
+def block_order_recovery(matrix: torch.Tensor, block_perm: torch.Tensor) -> float:
+    """Share of output tokens j whose largest ``|P[i, j]|`` is at the encrypted block i that
+    holds plain block j (``block_perm[i] == j``): how much of K1's order P has learned (owner
+    only: it needs the key). Chance is 1/n."""
+    holder = torch.argsort(block_perm.cpu())
+    hits = matrix.detach().float().cpu().abs().argmax(0) == holder
+    return float(hits.float().mean())
