@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -27,6 +25,7 @@ import timm  # noqa: E402
 
 import timm_ppconvmixer  # noqa: E402,F401
 from timm_ppconvmixer import hub  # noqa: E402
+from timm_ppconvmixer.atomic import atomic_folder, atomic_write_bytes  # noqa: E402
 from timm_ppconvmixer.data import encrypt_dataset, load_fashion_mnist  # noqa: E402
 from timm_ppconvmixer.pretrained import DEMO_KEY_FILE, DEMO_WEIGHTS, demo_key  # noqa: E402
 
@@ -44,10 +43,8 @@ def main() -> None:
         encrypted = datasets.DatasetDict(
             {s: encrypt_dataset(load_fashion_mnist(s), key) for s in ("train", "test")}
         )
-        tmp = data.with_name(f".{data.name}.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        encrypted.save_to_disk(str(tmp))
-        os.replace(tmp, data)
+        with atomic_folder(data, overwrite=False) as tmp:
+            encrypted.save_to_disk(str(tmp))
     import train as recipe
 
     result = recipe.main(
@@ -70,7 +67,8 @@ def main() -> None:
         overwrite=True,
     )
     summary = {k: result[k] for k in ("eval", "permutation_recovery", "key_fingerprint", "params")}
-    (DEMO_WEIGHTS.parent / "fmnist28_demo_metrics.json").write_text(json.dumps(summary, indent=2))
+    metrics_file = DEMO_WEIGHTS.parent / "fmnist28_demo_metrics.json"
+    atomic_write_bytes(metrics_file, (json.dumps(summary, indent=2) + "\n").encode())
     print(json.dumps(summary, indent=2))
 
 

@@ -30,6 +30,7 @@ from demo_figures import photo_figure, sample_grid, training_curve  # noqa: E402
 
 import timm_ppconvmixer  # noqa: E402,F401
 from timm_ppconvmixer import BlockKey  # noqa: E402
+from timm_ppconvmixer.atomic import atomic_folder, atomic_write_bytes  # noqa: E402
 from timm_ppconvmixer.data import encrypt_dataset, load_fashion_mnist  # noqa: E402
 
 
@@ -42,9 +43,9 @@ def encrypt_data(key: BlockKey, out: Path, train_limit: int | None) -> Path:
         {"train": encrypt_dataset(train, key), "test": encrypt_dataset(test, key)}
     )
     target = out / "encrypted_fashion_mnist"
-    shutil.rmtree(target, ignore_errors=True)
-    encrypted.save_to_disk(str(target))
-    (target / "ENCRYPTION.json").write_text(json.dumps(key.describe(), indent=2))
+    with atomic_folder(target, overwrite=True, mode=0o755) as tmp:  # shareable: key-free
+        encrypted.save_to_disk(str(tmp))
+        (tmp / "ENCRYPTION.json").write_text(json.dumps(key.describe(), indent=2))
     return target
 
 
@@ -111,9 +112,7 @@ Shareable: `encrypted_fashion_mnist/` (encrypted dataset), `export/` (model, con
 Owner only: `owner/`. Resumable checkpoints: `train/checkpoints/`.
 Total time: {summary["total_time_s"]} s.
 """
-    path = out / "report.md"
-    path.write_text(text)
-    return path
+    return atomic_write_bytes(out / "report.md", text.encode())
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -158,7 +157,7 @@ def main(argv: list[str] | None = None) -> dict:
         "test_images": len(images),
         "total_time_s": round(time.time() - started, 1),
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    atomic_write_bytes(out / "summary.json", json.dumps(summary, indent=2).encode())
     print(f"6/6 report -> {report(out, summary)}", flush=True)
     return summary
 

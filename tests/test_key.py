@@ -81,6 +81,11 @@ def _tampered(tmp_path, edit):
         (lambda d: d.update(block_size=8), "block_perm"),
         (lambda d: d.update(image_size=[18, 16]), "multiple"),
         (lambda d: d.update(fingerprint="ppcm1-0"), "fingerprint mismatch"),
+        (lambda d: d.update(block_size=4.7), "block_size must be an integer"),
+        (lambda d: d.update(block_size=4.0), "block_size must be an integer"),
+        (lambda d: d.update(channels=True), "channels must be an integer"),
+        (lambda d: d.update(image_size=[16.0, 16]), "image_size must be"),
+        (lambda d: d.update(image_size=16), "image_size must be"),
         (lambda d: d.update(block_perm=list(np.roll(d["block_perm"], 1).tolist())), "fingerprint"),
     ],
 )
@@ -128,3 +133,51 @@ def test_float_entries_are_refused_not_truncated(tmp_path):
     path.write_text(json.dumps(data))
     with pytest.raises(InvalidKeyError, match="list of integers"):
         BlockKey.load(path)
+
+
+def test_keys_with_the_same_secrets_are_equal_whatever_their_salt():
+    key = BlockKey.generate(16, 4, seed=3)
+    resalted = BlockKey(
+        key.image_size, key.block_size, key.channels, key.block_perm, key.pixel_perm, key.np_mask
+    )
+    assert resalted == key and hash(resalted) == hash(key)
+    assert resalted.fingerprint != key.fingerprint  # the fingerprint stays blinded
+    assert BlockKey.generate(16, 4, seed=4) != key
+
+
+def test_save_cannot_replace_a_file_created_after_any_check(tmp_path):
+    """Create-exclusive by link: a file that appears at the path is never replaced."""
+    import threading
+
+    path = tmp_path / "race.key"
+    keys = [BlockKey.generate(16, 4, seed=s) for s in range(8)]
+    outcomes: list[str] = []
+
+    def save(k):
+        try:
+            k.save(path)
+            outcomes.append("saved")
+        except FileExistsError:
+            outcomes.append("refused")
+
+    threads = [threading.Thread(target=save, args=(k,)) for k in keys]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert outcomes.count("saved") == 1 and outcomes.count("refused") == 7
+    assert BlockKey.load(path) in keys
+    assert [p.name for p in tmp_path.iterdir()] == ["race.key"]  # no temporary files left
+
+
+def test_keys_pickle_without_their_cached_plans():
+    import pickle
+
+    from timm_ppconvmixer import encrypt
+
+    key = BlockKey.generate(16, 4, seed=5)
+    x = torch.randint(0, 256, (1, 3, 16, 16), dtype=torch.uint8)
+    before = encrypt(x, key)
+    copy = pickle.loads(pickle.dumps(key))
+    assert copy == key and copy.fingerprint == key.fingerprint
+    assert torch.equal(encrypt(x, copy), before)

@@ -1,7 +1,8 @@
 """Writing files so that a reader never sees half of one: the package's one atomic writer.
 
 Every file the package writes (key files, encrypted images, manifests, exported models, recipe
-checkpoints and logs) goes through :func:`atomic_write`: the content is written to a temporary
+logs) goes through :func:`atomic_write`, and every folder that must appear whole (a model
+folder, an export) through :func:`atomic_folder`: the content is written to a temporary
 file in the destination's own folder and then moved into place with one ``rename`` (or, when
 the destination must not exist yet, one ``link``), so an existing file is always complete and
 an interrupted write leaves at most a hidden temporary file behind.
@@ -12,11 +13,21 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import shutil
+import tempfile
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
-__all__ = ["TEMP_SUFFIX", "atomic_save", "atomic_write", "atomic_write_bytes", "is_temp_file"]
+__all__ = [
+    "TEMP_SUFFIX",
+    "atomic_folder",
+    "atomic_save",
+    "atomic_write",
+    "atomic_write_bytes",
+    "is_temp_file",
+]
 
 TEMP_SUFFIX = ".ppcm-part"
 """Temporary files are named ``.<final name>.<random>.ppcm-part`` beside the final file, so a
@@ -81,6 +92,49 @@ def atomic_write(
         raise FileExistsError(f"{path} exists; refusing to overwrite it") from None
     except BaseException:
         _discard(fd, tmp)
+        raise
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
+
+
+@contextlib.contextmanager
+def atomic_folder(
+    out_dir: str | os.PathLike, overwrite: bool = False, mode: int | None = None
+) -> Iterator[Path]:
+    """The folder form of :func:`atomic_write`: yield a temporary folder next to ``out_dir`` and
+    rename it into place only if the block finishes without error, so an interrupted or
+    refused write (an export, a saved model) leaves nothing half written. An existing
+    ``out_dir`` is replaced only with ``overwrite``, and kept until the new one is in place.
+    The folder keeps mkdtemp's owner-only mode unless ``mode`` is given.
+
+    Example:
+        >>> with atomic_folder("outputs/model", overwrite=True) as tmp:  # doctest: +SKIP
+        ...     (tmp / "config.json").write_text("{}")
+    """
+    out = Path(out_dir)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} exists; pass overwrite=True (--overwrite) to replace it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
+    try:
+        if mode is not None:
+            os.chmod(tmp, mode)
+        yield tmp
+        if out.exists():
+            os.replace(out, old)  # keep the old folder until the new one is in place
+        os.replace(tmp, out)
+        if old.exists():
+            _remove(old)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old.exists() and not out.exists():  # put the previous folder back
+            os.replace(old, out)
         raise
 
 

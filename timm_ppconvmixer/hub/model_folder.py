@@ -5,12 +5,8 @@ reload through timm and by the leak guard before it appears under its name."""
 from __future__ import annotations
 
 import os
-import shutil
 import sys
-import tempfile
-import uuid
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +15,7 @@ import torch
 from timm.models import save_for_hf
 from torch import nn
 
+from ..atomic import atomic_folder
 from ..key import BlockKey
 from ..models import PPConvMixer
 from .errors import HubError
@@ -53,42 +50,6 @@ def model_args_for_export(model: nn.Module) -> dict:
     return args
 
 
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    else:
-        path.unlink()
-
-
-@contextmanager
-def _staged_folder(
-    out_dir: str | os.PathLike, overwrite: bool, mode: int | None = None
-) -> Iterator[Path]:
-    """Yield a temporary folder next to ``out_dir``; rename it into place only if the block
-    finishes without error, so an interrupted or refused export leaves nothing half written.
-    The folder keeps mkdtemp's owner-only mode unless ``mode`` is given."""
-    out = Path(out_dir)
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} exists; pass overwrite=True (--overwrite) to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
-    try:
-        if mode is not None:
-            os.chmod(tmp, mode)
-        yield tmp
-        if out.exists():
-            os.replace(out, old)  # keep the old folder until the new one is in place
-        os.replace(tmp, out)
-        if old.exists():
-            _remove(old)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old.exists() and not out.exists():  # put the previous folder back
-            os.replace(old, out)
-        raise
-
-
 def save_model_folder(
     model: nn.Module, out_dir: str | os.PathLike, overwrite: bool = False
 ) -> Path:
@@ -101,7 +62,7 @@ def save_model_folder(
     Example:
         >>> save_model_folder(model, "outputs/model")  # doctest: +SKIP
     """
-    with _staged_folder(out_dir, overwrite) as tmp:
+    with atomic_folder(out_dir, overwrite) as tmp:
         _write_weights(model, tmp)
     return Path(out_dir)
 
@@ -204,7 +165,7 @@ def export(
         repo_id=repo_id,
         model_name=model_name,
     )
-    with _staged_folder(out_dir, overwrite, mode=0o755) as tmp:  # meant to be shared
+    with atomic_folder(out_dir, overwrite, mode=0o755) as tmp:  # meant to be shared
         _write_weights(model, tmp)
         _check_rebuilds(model, tmp)
         (tmp / CARD_FILE).write_text(card, encoding="utf-8")  # inside the staged folder
