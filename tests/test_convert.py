@@ -1,5 +1,6 @@
 import copy
 import sys
+import zlib
 
 import pytest
 import timm
@@ -16,7 +17,7 @@ from timm_ppconvmixer.convert import (
     harden_permutation,
     rekey_model,
 )
-from timm_ppconvmixer.permutation import HardPermutation
+from timm_ppconvmixer.permutation import HardPermutation, permutation_closeness
 
 # timm's ConvMixer configs at reduced width and depth: (kernel, patch, activation)
 TIMM_CONFIGS = {
@@ -71,7 +72,7 @@ def normalise(x, model_or_mean, std=None):
 def test_encrypted_model_equals_plain_model_on_every_timm_config(name, size):
     plain = small_timm_convmixer(name)
     m = TIMM_CONFIGS[name][1]
-    key = BlockKey.generate((size[0] * m, size[1] * m), m, seed=hash(name) % 1000)
+    key = BlockKey.generate((size[0] * m, size[1] * m), m, seed=zlib.crc32(name.encode()) % 1000)
     private = encrypt_model(plain, key).eval()
     x = torch.rand(3, 3, *key.image_size)
     expected = plain(normalise(x, plain))
@@ -195,6 +196,76 @@ def test_harden_keeps_predictions_when_p_is_near_a_permutation():
     assert report.penalty > 0
     # the gather is the permutation the key implies
     assert torch.equal(hardened.stem[-1].source, torch.argsort(key.block_perm))
+
+
+@pytest.mark.parametrize("scale", [1.0, -1.0, 0.3, -2.5])
+def test_harden_folds_sign_and_scale_exactly(scale):
+    """P = c * the key's inverse block permutation hardens to that permutation, with c folded
+    into the stem's BatchNorm: same logits, on any sign and scale."""
+    key = BlockKey.generate((16, 12), 4, seed=11)
+    plain = small_ppconvmixer(6, permutation=False)
+    private = encrypt_model(plain, key).eval()
+    with torch.no_grad():
+        private.permutation.weight.mul_(scale)
+    x = normalise(encrypt(torch.rand(8, 3, 16, 12), key), plain)
+    hardened, report = harden_permutation(private, x)
+    assert report.scale == pytest.approx(scale) and report.fit == pytest.approx(1.0)
+    assert report.closeness == pytest.approx(1.0)
+    assert report.max_logit_difference < 1e-4 and report.predictions_changed == 0
+    assert torch.equal(hardened.stem[-1].source, torch.argsort(key.block_perm))
+
+
+@pytest.mark.parametrize("noise", [0.3, 1.0])
+def test_harden_refuses_a_p_far_from_a_scaled_permutation(noise):
+    key = BlockKey.generate((16, 12), 4, seed=12)
+    private = encrypt_model(small_ppconvmixer(7, permutation=False), key)
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        w = private.permutation.weight
+        w.add_(noise * torch.randn(w.shape, generator=gen))
+    assert permutation_closeness(w) < 0.9
+    with pytest.raises(ConversionError, match="not close enough to a scaled permutation"):
+        harden_permutation(private)
+
+
+def test_harden_refuses_mixed_signs_and_a_dense_p():
+    key = BlockKey.generate((16, 12), 4, seed=13)
+    private = encrypt_model(small_ppconvmixer(8, permutation=False), key)
+    with torch.no_grad():  # per-token signs: a signed permutation, but no common scale
+        signs = torch.ones(12, 1)
+        signs[::2] = -1.0
+        private.permutation.weight.mul_(signs)
+    with pytest.raises(ConversionError, match="explains"):
+        harden_permutation(private)
+    with pytest.raises(ConversionError, match="explains"):
+        harden_permutation(trained_like_model())
+
+
+def test_harden_a_sinkhorn_p_at_low_temperature():
+    key = BlockKey.generate((16, 12), 4, seed=14)
+    kw = dict(permutation_param="sinkhorn", sinkhorn_tau=(0.05, 0.05), permutation_lr_gain=2.0)
+    model = small_ppconvmixer(9, permutation_init=key.block_perm.tolist(), **kw)
+    model.permutation.reset_parameters()  # randomise_ drew random logits; back to the order
+    x = torch.randn(6, 3, 16, 12)
+    hardened, report = harden_permutation(model, x)
+    assert report.fit > 0.999 and report.max_logit_difference < 1e-4
+    assert torch.equal(hardened.stem[-1].source, torch.argsort(key.block_perm))
+
+
+def test_encrypt_and_rekey_are_exact_for_a_sinkhorn_p():
+    """Sinkhorn commutes with row permutations, so permuting the logits' rows is exact."""
+    k1, k2 = BlockKey.generate((16, 12), 4, seed=15), BlockKey.generate((16, 12), 4, seed=16)
+    kw = dict(permutation_param="sinkhorn", permutation_lr_gain=3.0, sinkhorn_tau=(0.5, 0.5))
+    model = small_ppconvmixer(10, **kw)
+    x = torch.rand(3, 3, 16, 12)
+    private = encrypt_model(model, k1).eval()
+    torch.testing.assert_close(
+        private(normalise(encrypt(x, k1), model)), model(normalise(x, model)), rtol=0, atol=1e-4
+    )
+    moved = rekey_model(private, k1, k2).eval()
+    torch.testing.assert_close(
+        moved(normalise(encrypt(x, k2), model)), model(normalise(x, model)), rtol=0, atol=1e-4
+    )
 
 
 def test_harden_exact_permutation_is_lossless():

@@ -172,7 +172,7 @@ def test_penalty_is_zero_exactly_on_permutations():
     assert small(permutation=False).permutation_penalty() == 0
 
 
-def test_no_penalty_in_eval_or_no_grad():
+def test_no_penalty_in_eval_mode():
     model = small().eval()
     x = torch.randn(1, 3, 16, 16)
     model(x).sum().backward()
@@ -181,6 +181,19 @@ def test_no_penalty_in_eval_or_no_grad():
     model.set_implicit_penalty(False)
     model(x).sum().backward()
     torch.testing.assert_close(eval_grad, model.permutation.weight.grad)
+
+
+def test_no_grad_forward_in_training_mode_is_no_training_step():
+    """Under torch.no_grad (e.g. a validation pass left in training mode) P gets no penalty
+    hook and prior, and a Sinkhorn P counts no step of its temperature schedule."""
+    kw = dict(permutation_param="sinkhorn", sinkhorn_steps=10, smoothness_weight=1.0)
+    model = small(**kw).train()
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        out = model(x)
+    assert out.grad_fn is None and int(model.permutation.num_updates) == 0
+    model(x).sum().backward()  # with gradients it is a step
+    assert int(model.permutation.num_updates) == 1
 
 
 def test_group_matcher_puts_p_with_the_stem():

@@ -35,7 +35,12 @@ import torch
 import torch.nn as nn
 from timm.models import register_notrace_module
 
-from .permutation_hard import HardPermutation, block_order_recovery, permutation_closeness
+from .permutation_hard import (
+    HardPermutation,
+    block_order_recovery,
+    grid_symmetries,
+    permutation_closeness,
+)
 from .permutation_penalties import (
     PENALTIES,
     grid_adjacency,
@@ -54,6 +59,7 @@ __all__ = [
     "PERMUTATION_INITS",
     "PERMUTATION_PARAMS",
     "block_order_recovery",
+    "grid_symmetries",
     "permutation_closeness",
     "permutation_penalty",
     "permutation_penalty_grad",

@@ -12,7 +12,12 @@ import torch
 import torch.nn as nn
 from timm.models import register_notrace_module
 
-__all__ = ["HardPermutation", "block_order_recovery", "permutation_closeness"]
+__all__ = [
+    "HardPermutation",
+    "block_order_recovery",
+    "grid_symmetries",
+    "permutation_closeness",
+]
 
 
 @register_notrace_module
@@ -69,11 +74,32 @@ def permutation_closeness(matrix: torch.Tensor) -> float:
     return float(energy[rows, cols].sum()) / total
 
 
+def grid_symmetries(grid_size: tuple[int, int]) -> list[torch.Tensor]:
+    """Index maps of the rotations and mirrors of a row-major grid (8 for a square grid, 4
+    otherwise): ``g[j]`` is the position that position j comes from."""
+    gh, gw = grid_size
+    index = torch.arange(gh * gw).view(gh, gw)
+    maps = []
+    for t in (index, index.T) if gh == gw else (index,):
+        for flip in ((), (0,), (1,), (0, 1)):
+            maps.append((t.flip(flip) if flip else t).reshape(-1))
+    return maps
+
+
 @torch.no_grad()
-def block_order_recovery(matrix: torch.Tensor, block_perm: torch.Tensor) -> float:
+def block_order_recovery(
+    matrix: torch.Tensor, block_perm: torch.Tensor, grid_size: tuple[int, int] | None = None
+) -> float:
     """Share of output tokens j whose largest ``|P[i, j]|`` is at the encrypted block i that
     holds plain block j (``block_perm[i] == j``): how much of K1's order P has learned (owner
-    only: it needs the key). Chance is 1/n."""
+    only: it needs the key). Chance is 1/n.
+
+    With ``grid_size``, the best share over the grid's rotations and mirrors
+    (:func:`grid_symmetries`): a P that puts every block back in a rotated or mirrored place
+    restores a rotated or mirrored image, which is as readable, and no ciphertext-only method
+    can tell these orders apart (K2 can be rotated along with K1).
+    """
     holder = torch.argsort(block_perm.cpu())
-    hits = matrix.detach().float().cpu().abs().argmax(0) == holder
-    return float(hits.float().mean())
+    found = matrix.detach().float().cpu().abs().argmax(0)
+    maps = grid_symmetries(grid_size) if grid_size is not None else [torch.arange(len(holder))]
+    return max(float((found == holder[g]).float().mean()) for g in maps)
