@@ -22,10 +22,19 @@ Modules: :mod:`.model_folder` (save, export, load), :mod:`.transfer` (upload, pu
 :mod:`.errors`. Their public names are re-exported here.
 """
 
+from .dataset_card import DATASET_TAGS, dataset_card, fingerprint_from_card
+from .datasets import load_encrypted_source, push_encrypted_dataset
 from .errors import HubError, KeyMaterialError
+from .evaluate import evaluate_with_key, push_evaluation
+from .fingerprints import (
+    FingerprintMismatchError,
+    check_key_fingerprints,
+    dataset_key_fingerprint,
+    model_key_fingerprints,
+)
 from .key_patterns import MASK_WINDOW, MIN_WINDOW_BITS, PERM_WINDOW, Finding
 from .leak_guard import assert_no_key_material, scan_for_key_material
-from .model_card import METRIC_LABELS, TAGS, model_card, normalize_metrics
+from .model_card import METRIC_LABELS, TAGS, model_card, model_index, normalize_metrics
 from .model_folder import export, load_model, model_args_for_export, save_model_folder
 from .transfer import (
     folder_listing,
@@ -36,7 +45,9 @@ from .transfer import (
 )
 
 __all__ = [
+    "DATASET_TAGS",
     "Finding",
+    "FingerprintMismatchError",
     "HubError",
     "KeyMaterialError",
     "MASK_WINDOW",
@@ -45,12 +56,22 @@ __all__ = [
     "PERM_WINDOW",
     "TAGS",
     "assert_no_key_material",
+    "check_key_fingerprints",
+    "dataset_card",
+    "dataset_key_fingerprint",
+    "evaluate_with_key",
     "export",
+    "fingerprint_from_card",
     "folder_listing",
+    "load_encrypted_source",
     "load_model",
     "model_args_for_export",
     "model_card",
+    "model_index",
+    "model_key_fingerprints",
     "normalize_metrics",
+    "push_encrypted_dataset",
+    "push_evaluation",
     "push_to_hub",
     "read_metrics_file",
     "recipe_from_file",

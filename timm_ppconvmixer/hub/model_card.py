@@ -21,7 +21,15 @@ from ..permutation import AdaptivePermutation, HardPermutation
 from .errors import HubError
 from .file_scan import permutation_of_matrix
 
-__all__ = ["METRIC_LABELS", "TAGS", "model_card", "normalize_metrics"]
+__all__ = [
+    "METRIC_LABELS",
+    "TAGS",
+    "dataset_reference",
+    "model_card",
+    "model_index",
+    "normalize_metrics",
+    "results_section",
+]
 
 TAGS = ["timm", "image-classification", "privacy-preserving", "block-wise-encryption", "convmixer"]
 # Top-1 accuracies as recipes/train.py measures them (fractions in [0, 1]), and what each means.
@@ -81,7 +89,8 @@ def normalize_metrics(
     return out
 
 
-def _dataset_info(dataset: str | Mapping[str, Any] | None) -> dict | None:
+def dataset_reference(dataset: str | Mapping[str, Any] | None) -> dict | None:
+    """``{"id", "name", "split"}`` from a Hub dataset id or a mapping (None stays None)."""
     if dataset is None:
         return None
     if isinstance(dataset, str):
@@ -160,6 +169,40 @@ def _is_exact_permutation(perm: nn.Module | None) -> bool:
     return order is not None and not np.array_equal(order, np.arange(len(order)))
 
 
+def model_index(name: str, metrics: dict, dataset: dict) -> list[dict]:
+    """The Hub's ``model-index`` for top-1 accuracies (:func:`normalize_metrics` output) measured
+    on ``dataset`` (``{"id", "name", "split"}``): one ``accuracy`` entry per measurement.
+
+    Example:
+        >>> data = {"id": "me/d", "name": "d", "split": "test"}
+        >>> model_index("tiny", {"top1_key": 0.9}, data)[0]["results"][0]["metrics"][0]["value"]
+        0.9
+    """
+    return [
+        {
+            "name": name,
+            "results": [
+                {
+                    "task": {"type": "image-classification", "name": "Image Classification"},
+                    "dataset": {
+                        "name": dataset["name"],
+                        "type": dataset["id"],
+                        "split": dataset["split"],
+                    },
+                    "metrics": [
+                        {
+                            "type": "accuracy",
+                            "value": value,
+                            "name": f"Top-1 accuracy, {METRIC_LABELS[k]}",
+                        }
+                        for k, value in metrics.items()
+                    ],
+                }
+            ],
+        }
+    ]
+
+
 def _yaml_front_matter(name: str, license: str, metrics: dict, dataset: dict | None) -> str:
     meta: dict[str, Any] = {
         "library_name": "timm",
@@ -170,33 +213,12 @@ def _yaml_front_matter(name: str, license: str, metrics: dict, dataset: dict | N
     if dataset is not None:
         meta["datasets"] = [dataset["id"]]
     if metrics:
-        meta["model-index"] = [
-            {
-                "name": name,
-                "results": [
-                    {
-                        "task": {"type": "image-classification", "name": "Image Classification"},
-                        "dataset": {
-                            "name": dataset["name"],
-                            "type": dataset["id"],
-                            "split": dataset["split"],
-                        },
-                        "metrics": [
-                            {
-                                "type": "accuracy",
-                                "value": value,
-                                "name": f"Top-1 accuracy, {METRIC_LABELS[k]}",
-                            }
-                            for k, value in metrics.items()
-                        ],
-                    }
-                ],
-            }
-        ]
+        meta["model-index"] = model_index(name, metrics, dataset)
     return "---\n" + yaml.safe_dump(meta, sort_keys=False, allow_unicode=True) + "---\n"
 
 
-def _results_section(metrics: dict, dataset: dict | None) -> str:
+def results_section(metrics: dict, dataset: dict | None) -> str:
+    """The card's ``## Results`` section for validated metrics measured on ``dataset``."""
     if not metrics:
         return (
             "## Results\n\nNo measurements were provided with this export, so this card states "
@@ -348,7 +370,7 @@ def model_card(
         )
     facts = _key_facts(model, key)
     values = normalize_metrics(metrics, facts["fingerprint"])
-    data = _dataset_info(dataset)
+    data = dataset_reference(dataset)
     if values and data is None:
         raise HubError("metrics need the dataset they were measured on: pass dataset=<Hub id>")
     arch = _architecture(model)
@@ -358,7 +380,7 @@ def model_card(
         [
             _yaml_front_matter(name, license, values, data),
             _overview_section(name, arch, facts),
-            _results_section(values, data),
+            results_section(values, data),
             _usage_section(hub_id, facts, arch),
             _recipe_section(recipe),
             _privacy_section(facts, arch),

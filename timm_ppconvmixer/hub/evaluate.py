@@ -1,0 +1,219 @@
+"""The owner's side of the loop: evaluate a trained model with the key (test images encrypted
+with it, plain, and encrypted with a fresh wrong key) in one call, and write the numbers into
+the model card's ``model-index`` on the Hub (a key-free card, scanned by the leak guard)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from torch import nn
+
+from ..atomic import atomic_write_bytes
+from ..cipher import decrypt, encrypt
+from ..images import prepare_image
+from ..key import BlockKey
+from .dataset_card import read_front_matter
+from .dataset_stage import check_encrypted_with
+from .errors import HubError
+from .fingerprints import (
+    FingerprintMismatchError,
+    dataset_key_fingerprint,
+    model_key_fingerprints,
+    parse_dataset_source,
+)
+from .leak_guard import assert_no_key_material
+from .model_card import dataset_reference, model_index, normalize_metrics, results_section
+from .model_folder import first_line, load_model, transport_errors
+
+__all__ = ["evaluate_with_key", "push_evaluation"]
+
+
+def _load_split(dataset: Any, key: BlockKey, split: str, encrypted: bool | None, token):
+    """``(Dataset, encrypted, Hub id or None)`` of what to evaluate on."""
+    import datasets
+
+    if isinstance(dataset, datasets.DatasetDict):
+        dataset = dataset[split]
+    if isinstance(dataset, datasets.Dataset):
+        return dataset, bool(encrypted), None
+    if not isinstance(dataset, (str, os.PathLike)):
+        raise HubError(f"cannot evaluate on a {type(dataset).__name__}; pass a Dataset or a path")
+    where, local = parse_dataset_source(str(dataset))
+    recorded = dataset_key_fingerprint(str(dataset), token=token)
+    if recorded is not None and recorded != key.fingerprint:
+        raise FingerprintMismatchError(
+            f"{dataset} is encrypted with key {recorded}, not with {key.fingerprint}; pass the "
+            "key it was encrypted with"
+        )
+    encrypted = recorded is not None if encrypted is None else encrypted
+    if not local:
+        return datasets.load_dataset(where, split=split, token=token), encrypted, where
+    from .datasets import load_encrypted_source
+
+    ds = load_encrypted_source(where, key, split=split)[0]
+    return ds[split], encrypted, None
+
+
+def _accuracy(model: nn.Module, images: np.ndarray, labels: torch.Tensor, mean, std) -> int:
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255)
+    x = (x - torch.tensor(mean).view(1, -1, 1, 1)) / torch.tensor(std).view(1, -1, 1, 1)
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        predicted = model(x.to(device)).argmax(-1).cpu()
+    return int((predicted == labels).sum())
+
+
+def evaluate_with_key(
+    model_or_hub_id: nn.Module | str,
+    dataset: Any,
+    key: BlockKey,
+    *,
+    split: str = "test",
+    encrypted: bool | None = None,
+    limit: int | None = None,
+    batch_size: int = 256,
+    image_column: str = "image",
+    label_column: str = "label",
+    wrong_key: BlockKey | None = None,
+    token: str | None = None,
+) -> dict:
+    """Top-1 accuracy of a model on ``dataset``'s ``split``: with the images encrypted with
+    ``key`` (``top1_key``), plain (``top1_plain``) and encrypted with ``wrong_key`` (default: a
+    fresh key of the same geometry; ``top1_wrong_key``), as fractions in [0, 1].
+
+    ``model_or_hub_id``: a model, ``hf-hub:ID``, ``local-dir:PATH`` or a model folder.
+    ``dataset``: a ``Dataset`` / ``DatasetDict``, a folder, or ``hfds/OWNER/NAME`` (an encrypted
+    dataset on the Hub, decrypted here with ``key``). Data whose card or ``ENCRYPTION.json``
+    records a key is encrypted; other data is plain unless ``encrypted=True``. The result is
+    in the shape ``push_evaluation`` and ``export(metrics=...)`` take.
+
+    Example:
+        >>> r = evaluate_with_key("hf-hub:me/ppcm-fmnist", "hfds/me/fmnist-enc", key)
+        ... # doctest: +SKIP
+        >>> r["eval"]  # doctest: +SKIP
+        {'top1_key': 0.81, 'top1_plain': 0.1, 'top1_wrong_key': 0.09}
+    """
+    model = (
+        model_or_hub_id if isinstance(model_or_hub_id, nn.Module) else load_model(model_or_hub_id)
+    )
+    recorded = getattr(model, "key_fingerprint", None)
+    if recorded is not None and recorded != key.fingerprint:
+        raise FingerprintMismatchError(
+            f"the model is for key {recorded}, not for {key.fingerprint}; evaluate it with its key"
+        )
+    ds, encrypted, hub_id = _load_split(dataset, key, split, encrypted, token)
+    ds = ds.select(range(min(limit, len(ds)))) if limit is not None else ds
+    if encrypted:
+        check_encrypted_with(ds, key, image_column, f"split {split}")
+    wrong = wrong_key or BlockKey.generate(key.image_size, key.block_size, key.channels)
+    from timm.data import resolve_model_data_config
+
+    cfg = resolve_model_data_config(model)
+    mean, std = cfg["mean"], cfg["std"]
+    if len(mean) != key.channels:  # e.g. ImageNet statistics for a one-channel model
+        mean, std = (sum(mean) / len(mean),) * key.channels, (sum(std) / len(std),) * key.channels
+    model.eval()
+    correct = {"top1_key": 0, "top1_plain": 0, "top1_wrong_key": 0}
+    h, w = key.image_size
+    for start in range(0, len(ds), batch_size):
+        rows = ds[start : start + batch_size]
+        stack = np.stack(
+            [
+                np.asarray(img if encrypted else prepare_image(img, key)).reshape(h, w, -1)
+                for img in rows[image_column]
+            ]  # fmt: skip
+        )
+        plain = decrypt(stack, key, layout="HWC") if encrypted else stack
+        labels = torch.as_tensor(rows[label_column])
+        for name, images in (
+            ("top1_key", encrypt(plain, key, layout="HWC")),
+            ("top1_plain", plain),
+            ("top1_wrong_key", encrypt(plain, wrong, layout="HWC")),
+        ):
+            correct[name] += _accuracy(model, images, labels, mean, std)
+    n = len(ds)
+    return {
+        "eval": {name: count / max(n, 1) for name, count in correct.items()},
+        "key_fingerprint": key.fingerprint,
+        "wrong_key_fingerprint": wrong.fingerprint,
+        "num_examples": n,
+        "dataset": {"id": hub_id, "split": split} if hub_id else {"split": split},
+    }
+
+
+def _with_results(card: str, metrics: dict, data: dict, name: str | None, repo_id: str) -> str:
+    meta = read_front_matter(card)
+    body = card.split("\n---", 1)[1].split("\n", 1)[1] if card.startswith("---") else card
+    index = meta.get("model-index") or [{}]
+    name = name or index[0].get("name") or repo_id.split("/")[-1]
+    meta["model-index"] = model_index(name, metrics, data)
+    meta["datasets"] = sorted({*meta.get("datasets", []), data["id"]})
+    section = results_section(metrics, data)
+    head, found, tail = body.partition("## Results\n")
+    if found:
+        rest = tail.split("\n## ", 1)
+        body = head + section + ("\n## " + rest[1] if len(rest) == 2 else "")
+    else:
+        body = body.rstrip("\n") + "\n\n" + section
+    front = yaml.safe_dump(meta, sort_keys=False, allow_unicode=True)
+    return f"---\n{front}---\n{body}"
+
+
+def push_evaluation(
+    repo_id: str,
+    results: Mapping[str, Any],
+    *,
+    key: BlockKey,
+    dataset: str | Mapping[str, Any] | None = None,
+    model_name: str | None = None,
+    token: str | None = None,
+    commit_message: str = "Owner's evaluation with the key (model-index)",
+) -> str:
+    """Write :func:`evaluate_with_key`'s numbers into the model card of Hub model ``repo_id``
+    (``model-index`` and the Results section) and push the card back, after the leak guard
+    scanned it; returns the commit URL. ``dataset``: the Hub dataset id the numbers were
+    measured on (default: the one ``results`` names).
+
+    Example:
+        >>> push_evaluation("me/ppcm-fmnist", results, key=key)  # doctest: +SKIP
+    """
+    from huggingface_hub import HfApi, hf_hub_download
+
+    metrics = normalize_metrics(results, key.fingerprint)
+    measured_on = dict(results.get("dataset") or {})
+    dataset = dataset or measured_on.get("id")
+    if dataset is None:
+        raise HubError("the results name no Hub dataset; pass dataset=<Hub dataset id>")
+    if isinstance(dataset, str):
+        dataset = {"id": dataset, "split": measured_on.get("split", "test")}
+    data = dataset_reference(dataset)
+    api = HfApi(token=token)
+    try:
+        recorded = set(model_key_fingerprints(f"hf-hub:{repo_id}", token=token))
+        if recorded - {key.fingerprint}:
+            raise FingerprintMismatchError(
+                f"{repo_id} records key {', '.join(sorted(recorded))}, not {key.fingerprint}; "
+                "these numbers are not for that model"
+            )
+        card = Path(hf_hub_download(repo_id, "README.md", token=token)).read_text("utf-8")
+        with tempfile.TemporaryDirectory(prefix="ppconvmixer-card-") as tmp:
+            path = atomic_write_bytes(
+                Path(tmp) / "README.md",
+                _with_results(card, metrics, data, model_name, repo_id).encode(),
+            )
+            assert_no_key_material(path, key)
+            info = api.upload_file(path_or_fileobj=str(path), path_in_repo="README.md",
+                                   repo_id=repo_id, commit_message=commit_message)  # fmt: skip
+    except transport_errors() as e:
+        raise HubError(
+            f"updating the card of {repo_id} failed: {first_line(e)}; check the token and that "
+            "you may write to the repository"
+        ) from e
+    return info.commit_url
