@@ -17,7 +17,9 @@ DEFAULTS: dict[str, Any] = {
         "kwargs": {},  # timm.create_model kwargs (num_classes, img_size, in_chans, permutation...)
     },
     "data": {
-        "source": "fashion_mnist",  # fashion_mnist | imagefolder | hf
+        # fashion_mnist | imagefolder | hf | hub:OWNER/NAME (an encrypted dataset pushed with
+        # push_encrypted_dataset; its card's key fingerprint must be the model's)
+        "source": "fashion_mnist",
         "name": None,  # hf: dataset name (online) or a save_to_disk folder; imagefolder: root
         "train_split": "train",
         "val_split": "test",
@@ -119,6 +121,12 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> dict:
         cfg["train"]["mixed_precision"] = "no"
     if cfg["train"]["mixed_precision"] not in ("no", "bf16", "fp16"):
         raise ConfigError("train.mixed_precision must be no, bf16 or fp16")
-    if cfg["data"]["source"] not in ("fashion_mnist", "imagefolder", "hf"):
-        raise ConfigError("data.source must be fashion_mnist, imagefolder or hf")
+    source = str(cfg["data"]["source"])
+    if source.startswith("hub:"):
+        repo = source[len("hub:") :]
+        if repo.count("/") != 1 or not all(repo.split("/")):
+            raise ConfigError(f"data.source={source}: write hub:OWNER/NAME (a Hub dataset id)")
+        cfg["data"]["encrypted"] = True  # what push_encrypted_dataset pushes is encrypted
+    elif source not in ("fashion_mnist", "imagefolder", "hf"):
+        raise ConfigError("data.source must be fashion_mnist, imagefolder, hf or hub:OWNER/NAME")
     return cfg

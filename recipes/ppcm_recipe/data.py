@@ -47,8 +47,33 @@ class LabeledImages:
         return row[self.image_column], int(row[self.label_column])
 
 
+def load_hub_split(cfg: dict, split: str):
+    """A split of the encrypted Hub dataset ``data.source=hub:OWNER/NAME``, after checking that
+    its card records the key the model records (``model.kwargs.key_fingerprint``, the
+    pretrained model's ``config.json``, or ``data.key``): a mismatch is refused."""
+    import datasets
+
+    from timm_ppconvmixer.hub import (
+        check_key_fingerprints,
+        dataset_key_fingerprint,
+        model_key_fingerprints,
+    )
+
+    source = cfg["data"]["source"]
+    model = cfg["model"]
+    recorded = model_key_fingerprints(model["pretrained"], model_kwargs=model["kwargs"])
+    if cfg["data"]["key"]:
+        recorded.append(BlockKey.load(cfg["data"]["key"]).fingerprint)
+    fingerprint = dataset_key_fingerprint(source)
+    check_key_fingerprints(fingerprint, recorded, source, "model.kwargs.key_fingerprint")
+    return datasets.load_dataset(source[len("hub:") :], split=split)
+
+
 def load_split(cfg: dict, split: str, limit) -> LabeledImages:
     data = cfg["data"]
+    if str(data["source"]).startswith("hub:"):
+        ds = load_hub_split(cfg, split)
+        return LabeledImages(ds, data["image_column"], data["label_column"], limit)
     if data["source"] == "fashion_mnist":
         return LabeledImages(load_fashion_mnist(split), limit=limit)
     if data["source"] == "imagefolder":
