@@ -31,6 +31,7 @@ __all__ = [
     "SYMMETRIES",
     "Symmetry",
     "apply_symmetry",
+    "position_map",
     "from_blocks",
     "symmetry_index_map",
     "to_blocks",
