@@ -1,0 +1,45 @@
+"""Attacks on the block-wise encryption, the way the cloud provider (or anyone holding
+encrypted images, a plain/encrypted pair, or a shared model) could run them.
+
+One module per attack; docs/security.md holds the measured results, the threat model and the
+literature. Main entry points:
+
+* :func:`recover_key` -- ciphertext-only: K3, K2, K1 from N encrypted images (one key);
+* :func:`known_plaintext_attack` -- from plain/encrypted pairs;
+* :func:`key_from_converted_model`, :func:`block_order_from_p`, :func:`shuffle_from_stem` --
+  from a shared model;
+* :func:`score_key`, :func:`score_images` -- the owner's scoring with the true key;
+* :func:`run_attack` -- the whole attack on an encrypted folder or dataset, as a report.
+
+Example:
+    >>> from timm_ppconvmixer.attacks import recover_key, AttackInputError
+    >>> import numpy as np
+    >>> try:
+    ...     recover_key(np.zeros((1, 1, 4, 4), dtype=np.uint8), 4)
+    ... except AttackInputError as e:
+    ...     print(e)
+    a 4x4 image is a single 4x4 block: there is no block order to recover
+"""
+
+from .ciphertext_only import recover_key
+from .known_plaintext import known_plaintext_attack
+from .model_leak import block_order_from_p, key_from_converted_model, shuffle_from_stem
+from .priors import GenericPrior, ReferencePrior
+from .report import run_attack
+from .result import AttackInputError, AttackResult
+from .scoring import score_images, score_key
+
+__all__ = [
+    "AttackInputError",
+    "AttackResult",
+    "GenericPrior",
+    "ReferencePrior",
+    "block_order_from_p",
+    "key_from_converted_model",
+    "known_plaintext_attack",
+    "recover_key",
+    "run_attack",
+    "score_images",
+    "score_key",
+    "shuffle_from_stem",
+]
