@@ -34,6 +34,7 @@ def test_help_lists_subcommands():
         "encrypt",
         "decrypt",
         "push",
+        "attack",
     ):
         assert name in out
 
@@ -87,3 +88,40 @@ def test_errors_are_one_clear_line(tmp_path, make_input, output, message):
     assert proc.returncode == 1
     assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     assert not (tmp_path / output).exists()
+
+
+@pytest.mark.slow
+def test_attack_runs_on_a_demo_shaped_dataset_without_and_with_the_key(tmp_path):
+    """`ppconvmixer attack` on what the demo shares: a saved DatasetDict encrypted with
+    encrypt_dataset and its ENCRYPTION.json (public facts only)."""
+    import datasets
+
+    from timm_ppconvmixer.data import encrypt_dataset, load_fashion_mnist
+
+    key = BlockKey.generate(28, 4, channels=1, seed=21)
+    key_file = key.save(tmp_path / "owner.key")
+    data = tmp_path / "encrypted_fashion_mnist"
+    split = encrypt_dataset(load_fashion_mnist("test", limit=300), key)
+    datasets.DatasetDict({"train": split}).save_to_disk(str(data))
+    (data / "ENCRYPTION.json").write_text(json.dumps(key.describe()))
+
+    provider = run("attack", data, "--out", tmp_path / "provider", "--no-progress").stdout
+    assert json.loads(provider[: provider.rindex("}") + 1])["images"] == 300
+    recovered = tmp_path / "provider" / "recovered.key"
+    assert stat.S_IMODE(recovered.stat().st_mode) == 0o600
+    BlockKey.load(recovered)  # a key file the project's own tools accept
+
+    run("attack", data, "--out", tmp_path / "owner", "--key", key_file, "--no-progress")
+    result = json.loads((tmp_path / "owner" / "result.json").read_text())
+    scored = result["steps"][-1]["key_recovered"]
+    assert all(0 <= scored[part] <= 1 for part in ("K1", "K2", "K3"))
+    for name in ("report.md", "result.json"):  # the report never holds key material
+        text = (tmp_path / "owner" / name).read_text()
+        assert json.dumps(key.pixel_perm.tolist())[1:-1] not in text
+        assert json.dumps(key.block_perm.tolist())[1:-1] not in text
+
+    again = run("attack", data, "--out", tmp_path / "owner", ok=False)
+    assert again.returncode == 1 and again.stderr.startswith("error: ")
+    assert "never overwritten" in again.stderr and again.stderr.count("\n") == 1
+    plain = run("attack", tmp_path, "--out", tmp_path / "x", ok=False)  # not encrypted data
+    assert plain.returncode == 1 and "not encrypted data" in plain.stderr

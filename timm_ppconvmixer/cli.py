@@ -271,6 +271,154 @@ def _cmd_push(args: argparse.Namespace) -> None:
     )
 
 
+def _add_dataset_hub_parsers(subparsers: argparse._SubParsersAction) -> None:
+    """``encrypt ... --push-to-hub``, ``evaluate`` (owner) and ``check-data`` (provider)."""
+    p = subparsers.choices["encrypt"]
+    p.description += (
+        " SRC may also be a plain dataset saved with datasets' save_to_disk: DST is then the "
+        "encrypted save_to_disk copy. --push-to-hub then pushes DST to a Hub dataset repository "
+        "(sharded parquet and a key-free card; every file is scanned for key material first; "
+        "pushing again sends nothing new)."
+    )
+    p.add_argument("--push-to-hub", metavar="OWNER/NAME", help="push DST as a Hub dataset")
+    p.add_argument("--max-shard-size", default="500MB", help="parquet shard size (default 500MB)")
+    p.add_argument("--public", action="store_true", help="create the repository public")
+    p.add_argument("--license", default="other", help="license for the dataset card")
+    p.add_argument("--token", help="Hub token (default: HF_TOKEN or the stored login)")
+    p.set_defaults(func=_cmd_encrypt)
+
+    p = subparsers.add_parser(
+        "evaluate",
+        help="owner: top-1 of a model with the key, on plain images and with a wrong key",
+        description="Evaluate MODEL on DATA three ways: images encrypted with KEY, plain images, "
+        "and images encrypted with a fresh wrong key. Prints JSON (top-1 as fractions). DATA is "
+        "hfds/OWNER/NAME (an encrypted Hub dataset: decrypted with the key), a save_to_disk "
+        "folder or an encrypted folder. --push-card writes the numbers into the model card's "
+        "model-index on the Hub (key-free, scanned for key material first).",
+    )
+    p.add_argument("model", help="hf-hub:ID, local-dir:PATH or a model folder")
+    p.add_argument("data", help="hfds/OWNER/NAME, hub:OWNER/NAME or a folder")
+    p.add_argument("--key", required=True, help="the owner's key file (never uploaded)")
+    p.add_argument("--split", default="test")
+    p.add_argument("--limit", type=int, help="evaluate the first N examples only")
+    p.add_argument("--encrypted", action="store_true", help="DATA is encrypted (default: plain "
+                   "unless its card or ENCRYPTION.json records a key)")  # fmt: skip
+    p.add_argument("--output", help="also write the results to this JSON file")
+    p.add_argument("--push-card", action="store_true", help="update MODEL's card (hf-hub: only)")
+    p.add_argument("--dataset-id", help="Hub dataset id for the card (default: DATA's)")
+    p.add_argument("--token", help="Hub token (default: HF_TOKEN or the stored login)")
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = subparsers.add_parser(
+        "check-data",
+        help="provider: check that DATA and a model are for the same key before training",
+        description="Exit 0 if DATA (hfds/OWNER/NAME or an encrypted folder) records the key "
+        "fingerprint MODEL records (or --fingerprint); else one error line. timm's train.py "
+        "runs the same check itself with --device-modules timm_ppconvmixer.hub.train_guard.",
+    )
+    p.add_argument("data", help="hfds/OWNER/NAME, hub:OWNER/NAME or a folder")
+    p.add_argument("--model", help="hf-hub:ID, local-dir:PATH or a model folder")
+    p.add_argument("--fingerprint", help="the key fingerprint the model will record")
+    p.set_defaults(func=_cmd_check_data)
+
+
+def _cmd_encrypt(args: argparse.Namespace) -> None:
+    from .data import encrypt_saved_dataset
+    from .hub import push_encrypted_dataset
+
+    src = Path(args.src)
+    if (src / "dataset_dict.json").is_file() or (src / "state.json").is_file():
+        key = BlockKey.load(args.key)
+        workers = args.workers if args.workers > 1 else None
+        out = encrypt_saved_dataset(src, args.dst, key, resize=args.resize, num_proc=workers)
+        print(f"wrote {out} (key {key.fingerprint})")
+    else:
+        _cmd_folder(args)
+    if args.push_to_hub:
+        push_encrypted_dataset(args.dst, args.push_to_hub, key=BlockKey.load(args.key),
+                               max_shard_size=args.max_shard_size, private=not args.public,
+                               license=args.license, token=args.token)  # fmt: skip
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> None:
+    from .atomic import atomic_write_bytes
+    from .hub import evaluate_with_key, push_evaluation
+
+    key = BlockKey.load(args.key)
+    if args.push_card and not args.model.startswith("hf-hub:"):
+        raise CLIError("--push-card updates a Hub model card: MODEL must be hf-hub:OWNER/NAME")
+    results = evaluate_with_key(args.model, args.data, key, split=args.split, limit=args.limit,
+                                encrypted=args.encrypted or None, token=args.token)  # fmt: skip
+    text = json.dumps(results, indent=2)
+    print(text)
+    if args.output:
+        atomic_write_bytes(args.output, (text + "\n").encode())
+    if args.push_card:
+        repo = args.model[len("hf-hub:") :]
+        url = push_evaluation(repo, results, key=key, dataset=args.dataset_id, token=args.token)
+        print(f"updated the model card: {url}")
+
+
+def _cmd_check_data(args: argparse.Namespace) -> None:
+    from .hub import check_key_fingerprints, dataset_key_fingerprint, model_key_fingerprints
+
+    recorded = model_key_fingerprints(args.model) if args.model else []
+    recorded += [args.fingerprint] if args.fingerprint else []
+    fingerprint = check_key_fingerprints(
+        dataset_key_fingerprint(args.data), recorded, args.data, "--fingerprint"
+    )
+    print(f"ok: {args.data} and the model are for key {fingerprint}")
+
+
+def _add_attack_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "attack",
+        help="attack encrypted data the way the provider could, and report what falls",
+        description="Recover the key from ENCRYPTED alone (ciphertext-only: flip mask and pixel "
+        "shuffling from correlations between positions, block order by a jigsaw solver pooled "
+        "over all images), decrypt with the estimate, and write REPORT/report.md, result.json, "
+        "figures and the recovered key (REPORT/recovered.key, mode 0600; never in the report). "
+        "ENCRYPTED is an encrypted image folder (ENCRYPTION.json) or a saved datasets dataset. "
+        "With --key (owner only) the report scores the attack against the true key; with "
+        "--plain against the plain images. See docs/security.md for what was measured.",
+    )
+    p.add_argument("encrypted", help="encrypted image folder or saved dataset")
+    p.add_argument("--out", required=True, help="report folder (created)")
+    p.add_argument("--key", help="the owner's key file, to score the attack (never written)")
+    p.add_argument("--plain", help="the plain images, in the same order, to score against")
+    p.add_argument("--limit", type=int, help="attack only the first N images")
+    p.add_argument(
+        "--reference",
+        help="public plain images of the same kind for the orientation prior (folder, saved "
+        "dataset, or 'fashion-mnist'); default: a data-free prior",
+    )
+    p.add_argument("--block-size", type=int, help="M, for a dataset without ENCRYPTION.json")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_attack)
+
+
+def _cmd_attack(args: argparse.Namespace) -> None:
+    from .attacks import AttackInputError, run_attack  # scipy and matplotlib: only here
+
+    if args.limit is not None and args.limit < 1:
+        raise CLIError(f"--limit must be a positive number of images, got {args.limit}")
+    try:
+        result = run_attack(
+            args.encrypted,
+            args.out,
+            key=args.key,
+            plain=args.plain,
+            limit=args.limit,
+            progress=not args.no_progress,
+            reference=args.reference,
+            block_size=args.block_size,
+        )
+    except AttackInputError as e:
+        raise CLIError(str(e)) from None
+    print(json.dumps({"images": result["images"], "last_step": result["steps"][-1]}, indent=2))
+    print(f"wrote {Path(args.out) / 'report.md'} (recovered key: {result['recovered_key_file']})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ppconvmixer",
@@ -323,6 +471,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_folder_parsers(sub)
     _add_push_parser(sub)
+    _add_dataset_hub_parsers(sub)
+    _add_attack_parser(sub)
     return parser
 
 
