@@ -21,6 +21,13 @@ Implemented (model repos, and dataset repos under the ``datasets/`` URL prefix):
 * ``PUT  /{repo}.git/info/lfs/objects/{oid}`` and ``POST .../verify``
 * ``HEAD|GET /{repo}/resolve/{rev}/{path}``                file metadata and bytes (Range too)
 
+Dataset repos work as ``datasets`` (checked against 5.2.0) uses them: ``push_to_hub`` (parquet
+shards through LFS, the card it merges ``dataset_info`` and ``configs`` into, a repeated push
+that changes nothing), ``load_dataset`` and ``load_dataset_builder`` (what timm's ``hfds/`` and
+``hfids/`` readers call), and streaming (``HfFileSystem`` reads shards with ``Range``). For
+tests, ``HubStore.lfs_uploads`` counts the LFS objects received and ``fail_next_commits``
+refuses that many coming commits after their files were uploaded (a push cut short).
+
 Not implemented: Xet storage (clients must run with ``HF_HUB_DISABLE_XET=1``, see
 ``LocalHub.client_env``), LFS multipart uploads, tags, gated repos, spaces, model-card parsing.
 Any ``Bearer`` token is accepted and stands for one user (``tester`` by default); writes
@@ -198,6 +205,10 @@ class HubStore:
         self.user = user
         # One lock for every read-modify-write of metadata: commits must not interleave.
         self.lock = threading.RLock()
+        # For tests: LFS objects received so far, and how many coming commits to refuse (a
+        # failure at the Hub's end, after the files were uploaded, as when a push is cut short).
+        self.lfs_uploads = 0
+        self.fail_next_commits = 0
         for sub in ("repos", "blobs", "lfs", "tmp"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
 
@@ -244,6 +255,8 @@ class HubStore:
             if digest.hexdigest() != oid:
                 raise HubError(400, f"Uploaded content has sha256 {digest.hexdigest()}, not {oid}")
             os.replace(tmp, target)
+            with self.lock:
+                self.lfs_uploads += 1
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
@@ -393,6 +406,9 @@ class HubStore:
         if header is None or not header.get("summary"):
             raise HubError(400, "Commit header with a summary is required")
         with self.lock:
+            if self.fail_next_commits > 0:
+                self.fail_next_commits -= 1
+                raise HubError(400, "LocalHub refused this commit (fail_next_commits, for tests)")
             meta = self.meta(ref)
             branch = revision.removeprefix("refs/heads/")
             if branch not in meta["branches"]:

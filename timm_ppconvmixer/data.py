@@ -26,6 +26,7 @@ __all__ = [
     "FASHION_MNIST_DIR",
     "DatasetUnavailableError",
     "encrypt_dataset",
+    "encrypt_saved_dataset",
     "fashion_mnist_arrays",
     "load_fashion_mnist",
 ]
@@ -175,3 +176,49 @@ def encrypt_dataset(
         features=ds.features,
         desc="decrypting" if decrypt else "encrypting",
     )
+
+
+def encrypt_saved_dataset(
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    key: BlockKey,
+    *,
+    image_column: str = "image",
+    resize: str = "shorter-center-crop",
+    num_proc: int | None = None,
+) -> Path:
+    """Encrypt a plain dataset saved with ``save_to_disk`` (``Dataset`` or ``DatasetDict``) into
+    the ``save_to_disk`` folder ``dst``, with an ``ENCRYPTION.json`` of the key's public facts
+    (as ``ppconvmixer encrypt`` writes for image folders). ``dst`` appears complete or not at
+    all; if it already holds ``src`` encrypted with ``key``, nothing is redone.
+
+    Example:
+        >>> encrypt_saved_dataset("fmnist/", "fmnist-enc/", key)  # doctest: +SKIP
+        PosixPath('fmnist-enc')
+    """
+    import json
+
+    import datasets
+
+    from .atomic import atomic_folder, atomic_write_bytes
+    from .folders.manifest import MANIFEST_NAME
+
+    dst = Path(dst)
+    if (dst / MANIFEST_NAME).is_file():
+        made_with = json.loads((dst / MANIFEST_NAME).read_text(encoding="utf-8")).get("fingerprint")
+        if made_with != key.fingerprint:
+            raise FileExistsError(f"{dst} holds data encrypted with key {made_with}; use a new DST")
+        return dst
+    if dst.exists():
+        raise FileExistsError(f"{dst} exists and holds no {MANIFEST_NAME}; use a new DST folder")
+    ds = datasets.load_from_disk(str(src))
+    kwargs = {"image_column": image_column, "resize": resize, "num_proc": num_proc}
+    if isinstance(ds, datasets.DatasetDict):
+        enc = datasets.DatasetDict({k: encrypt_dataset(v, key, **kwargs) for k, v in ds.items()})
+    else:
+        enc = encrypt_dataset(ds, key, **kwargs)
+    manifest = {**key.describe(), "format": "datasets", "resize": resize}
+    with atomic_folder(dst, mode=0o755) as tmp:
+        enc.save_to_disk(str(tmp))
+        atomic_write_bytes(tmp / MANIFEST_NAME, (json.dumps(manifest, indent=2) + "\n").encode())
+    return dst

@@ -91,26 +91,32 @@ def _decompressed_text(kind: bytes, body: bytes) -> bytes:
 
 
 def _write_views(parquet: Path, views: Path) -> None:
-    """Decoded copies of one shard for the leak guard (parquet compresses its pages, which
-    hides raw numbers): every non-image column as JSON, image columns' PNG side chunks."""
+    """Decoded copies of one shard for the leak guard, which reads numbers as text only in text
+    files and parquet compresses its pages: the schema's metadata (the features), every
+    non-image column as JSON, and the image columns' PNG side chunks, raw and as text."""
     import pyarrow.parquet as pq
 
     table = pq.read_table(parquet)
+    stem = views / parquet.stem
+    metadata = {k.decode(errors="replace"): v.decode(errors="replace")
+                for k, v in (table.schema.metadata or {}).items()}  # fmt: skip
+    Path(f"{stem}.schema.json").write_text(json.dumps(metadata), encoding="utf-8")
     for name in table.column_names:
         values = table.column(name).to_pylist()
-        target = views / f"{parquet.stem}.{name}"
         is_image = values and isinstance(values[0], dict) and "bytes" in values[0]
-        if is_image:
-            chunks = [
-                _png_side_chunks(v["bytes"], f"{parquet.name} column {name!r} row {i}")
-                for i, v in enumerate(values)
-                if v is not None and v.get("bytes") is not None
-            ]
-            target.with_suffix(target.suffix + ".chunks").write_bytes(b"\n".join(chunks))
-            paths = [v.get("path") for v in values if v is not None]
-            target.with_suffix(target.suffix + ".paths.json").write_text(json.dumps(paths))
-        else:
-            target.with_suffix(target.suffix + ".json").write_text(json.dumps(values, default=str))
+        if not is_image:
+            text = json.dumps(values, default=str)
+            Path(f"{stem}.{name}.json").write_text(text, encoding="utf-8")
+            continue
+        chunks = b"\n".join(
+            _png_side_chunks(v["bytes"], f"{parquet.name} column {name!r} row {i}")
+            for i, v in enumerate(values)
+            if v is not None and v.get("bytes") is not None
+        )
+        Path(f"{stem}.{name}.chunks").write_bytes(chunks)
+        Path(f"{stem}.{name}.chunks.txt").write_text(chunks.decode("latin-1"), encoding="utf-8")
+        paths = [v.get("path") for v in values if v is not None]
+        Path(f"{stem}.{name}.paths.json").write_text(json.dumps(paths), encoding="utf-8")
 
 
 def stage_split(ds, split: str, shards: int, stage: Path, views: Path) -> dict[str, str]:
