@@ -372,13 +372,23 @@ def test_leak_guard_ignores_short_and_arithmetic_runs(clean_export, key, tmp_pat
     assert finding.what == "16+ consecutive values of pixel_perm (K2)"
 
 
-def test_leak_guard_passes_a_learned_dense_p(key, tmp_path: Path):
+def test_leak_guard_passes_a_learned_dense_p_but_warns_when_it_is_close_to_a_permutation(
+    key, tmp_path: Path
+):
     model = tiny_model(key)
+    assert scan_for_key_material(export(model, tmp_path / "fresh", key=key), key) == []
     with torch.no_grad():  # a trained P close to the key's inverse block order, but dense
         target = torch.eye(16)[key.block_perm]
         model.permutation.weight.copy_(target + 0.01 * torch.randn(16, 16))
-    export(model, tmp_path / "out", key=key)
-    assert scan_for_key_material(tmp_path / "out", None) == []
+    with pytest.warns(UserWarning, match="close to a permutation"):
+        export(model, tmp_path / "out", key=key)  # shared, not refused
+    (without_key,) = scan_for_key_material(tmp_path / "out", None)
+    assert without_key.warning and not without_key.key_derived_weights
+    (with_key,) = scan_for_key_material(tmp_path / "out", key)
+    assert with_key.warning and "100 % of this key's (K1)" in with_key.what
+    with torch.no_grad():  # close to the identity: states no block order, no warning
+        model.permutation.weight.copy_(torch.eye(16) + 0.01 * torch.randn(16, 16))
+    assert scan_for_key_material(export(model, tmp_path / "eye", key=key), key) == []
 
 
 def test_converted_model_needs_explicit_opt_in(key, tmp_path: Path):

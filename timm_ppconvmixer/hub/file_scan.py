@@ -12,6 +12,7 @@ import safetensors.torch
 import torch
 
 from ..key import SCHEME, BlockKey
+from ..permutation import block_order_recovery, permutation_closeness
 from .errors import HubError
 from .key_patterns import (
     Finding,
@@ -103,6 +104,42 @@ def _scan_permutation_tensor(
     return True, [Finding(file, what, f"{where}; no key given to check", key_derived_weights=True)]
 
 
+# A learned P with more than this share of its energy on one (non-identity) permutation gets a
+# warning: it states most of its block order (about 3/n for an untrained Kaiming-uniform P).
+P_CLOSENESS_WARNING = 0.5
+
+
+def _closeness_warning(
+    name: str, t: torch.Tensor, key: BlockKey | None, file: str
+) -> list[Finding]:
+    """Warn about a square float tensor close to a permutation that is not the identity, as a
+    dense P (its values) or as Sinkhorn logits (their row softmax). With the key, say how much
+    of the key's block order its largest entries state."""
+    if t.ndim != 2 or t.shape[0] != t.shape[1] or t.shape[0] < 4 or not t.is_floating_point():
+        return []
+    values = t.detach().double()
+    candidates = (values, torch.softmax(values, dim=1))
+    closeness, matrix = max(((permutation_closeness(m), m) for m in candidates), key=_first)
+    if closeness < P_CLOSENESS_WARNING:
+        return []
+    n = t.shape[0]
+    if torch.equal(matrix.abs().argmax(1), torch.arange(n)):
+        return []  # close to the identity: no block order in it
+    what = (
+        f"a learned {n}x{n} P close to a permutation ({100 * closeness:.0f} % of its energy on "
+        "one): it states much of a block order"
+    )
+    if key is not None and key.num_blocks == n:
+        share = block_order_recovery(matrix, key.block_perm)
+        what += f", {100 * share:.0f} % of this key's (K1)"
+    where = f"safetensors tensor {name!r}; see docs/permutation.md for the trade-off"
+    return [Finding(file, what, where, warning=True)]
+
+
+def _first(pair: tuple) -> float:
+    return pair[0]
+
+
 def _tensor_values(t: torch.Tensor) -> np.ndarray | None:
     if t.is_complex():
         return None
@@ -125,7 +162,7 @@ def _scan_safetensors(
         findings += _scan_key_file(str(v).encode(), key, file)
     for name, t in tensors.items():
         is_perm, found = _scan_permutation_tensor(name, t, key, file)
-        findings += found
+        findings += found if is_perm else _closeness_warning(name, t, key, file)
         values = None if is_perm else _tensor_values(t)
         if values is None:
             continue

@@ -59,16 +59,20 @@ class Finding:
     """Key material found in a file.
 
     ``key_derived_weights`` marks the one finding an owner may knowingly accept: the model's P
-    is exactly the key's block permutation (a converted model, or a hardened P).
+    is exactly the key's block permutation (a converted model, or a hardened P). ``warning``
+    marks a finding that is reported but never refuses a share: a learned P close to a
+    permutation, which states much of the block order without being exactly it.
     """
 
     file: str
     what: str
     where: str
     key_derived_weights: bool = False
+    warning: bool = False
 
     def __str__(self) -> str:
-        return f"{self.file}: {self.what} ({self.where})"
+        prefix = "warning: " if self.warning else ""
+        return f"{prefix}{self.file}: {self.what} ({self.where})"
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ detects and what it cannot is listed in ``docs/hub.md``.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterable
 
 from ..key import BlockKey
@@ -53,16 +54,24 @@ def assert_no_key_material(
     allow_key_derived_weights: bool = False,
 ) -> list[Finding]:
     """:func:`scan_for_key_material`, raising :class:`KeyMaterialError` on any finding (but
-    the key-derived P an owner accepts with ``allow_key_derived_weights=True``, which is
-    returned). The message names each file and what was found in it, on one line.
+    the key-derived P an owner accepts with ``allow_key_derived_weights=True``, and warnings,
+    which are returned; warnings are also issued as Python ``UserWarning`` so they are seen).
+    The message names each file and what was found in it, on one line.
 
     Example:
         >>> assert_no_key_material("out/tiny", key)  # doctest: +SKIP
     """
     findings = scan_for_key_material(paths_or_folder, key)
-    refused = [f for f in findings if not (allow_key_derived_weights and f.key_derived_weights)]
+    refused = [
+        f
+        for f in findings
+        if not f.warning and not (allow_key_derived_weights and f.key_derived_weights)
+    ]
     if refused:
         raise KeyMaterialError(_refusal_message(refused), refused)
+    for finding in findings:
+        if finding.warning:
+            warnings.warn(str(finding), UserWarning, stacklevel=2)
     return findings
 
 

@@ -97,8 +97,13 @@ def upload_model_folder(
 
     folder = Path(folder)
     _check_shareable(folder, key)
-    assert_no_key_material(folder, key, allow_key_derived_weights=allow_key_derived_weights)
+    findings = assert_no_key_material(
+        folder, key, allow_key_derived_weights=allow_key_derived_weights
+    )
     say = log or (lambda _: None)
+    for finding in findings:
+        if finding.warning:
+            say(str(finding))
     if key is None:
         say("warning: no key given: the leak guard only looked for key files and exact P")
     listing = folder_listing(folder)
