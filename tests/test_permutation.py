@@ -318,3 +318,21 @@ def test_block_order_recovery_exact_and_up_to_grid_symmetry():
         assert block_order_recovery(m, key.block_perm, grid_size=(4, 4)) == 1.0
         identity = bool((g == torch.arange(16)).all())
         assert (block_order_recovery(m, key.block_perm) == 1.0) == identity
+
+
+def test_plain_weights_load_into_a_sinkhorn_model(tmp_path):
+    from safetensors.torch import save_file
+
+    plain = timm.create_model("ppconvmixer_256_8", permutation=False, num_classes=3, dim=16)
+    save_file(plain.state_dict(), tmp_path / "plain.safetensors")
+    model = timm.create_model(
+        "ppconvmixer_256_8",
+        pretrained=True,
+        pretrained_cfg_overlay=dict(file=str(tmp_path / "plain.safetensors"), num_classes=3),
+        num_classes=3,
+        dim=16,
+        permutation_param="sinkhorn",
+        permutation_init="identity",
+    )
+    torch.testing.assert_close(model.stem[0].weight, plain.stem[0].weight)
+    assert int(model.permutation.num_updates) == 0

@@ -48,11 +48,14 @@ def _check_permutation_size(state_dict: dict, model: PPConvMixer) -> dict:
     """Refuse weights whose P was built for another input size, naming both sizes: P belongs
     to the key's block grid and cannot be resized like a position embedding."""
     perm = model.permutation
-    name = f"stem.{model.permutation_index}.weight"
+    prefix = f"stem.{model.permutation_index}."
+    name = prefix + "weight"
     if isinstance(perm, AdaptivePermutation) and name not in state_dict:
-        # plain ConvMixer weights (e.g. timm's convmixer_*): keep P as initialised, typically
-        # permutation_init="identity" to start exactly from the plain model
-        return {**state_dict, name: perm.weight.detach().clone()}
+        # plain ConvMixer weights (e.g. timm's convmixer_*): keep P (and a Sinkhorn P's step
+        # count) as initialised, typically permutation_init="identity" to start from the plain
+        # model
+        own = {prefix + k: v.detach().clone() for k, v in perm.state_dict().items()}
+        return {**state_dict, **own}
     saved = state_dict.get(name)
     if (
         isinstance(perm, AdaptivePermutation)
