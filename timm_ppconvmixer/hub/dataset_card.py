@@ -132,6 +132,10 @@ def _body(key, splits, repo_id, class_names, options) -> str:
     m, n = facts["block_size"], facts["num_blocks"]
     rows = "\n".join(f"| `{name}` | {count:,} |" for name, count in splits.items())
     classes = f"{len(class_names)} classes: {', '.join(class_names)}." if class_names else ""
+    classes_flag = f"--num-classes {len(class_names)} " if class_names else ""
+    train = "train" if "train" in splits else next(iter(splits))
+    val = next((name for name in ("validation", "test") if name in splits), None)
+    split_flags = f"--train-split {train} " + (f"--val-split {val} " if val else "--val-split '' ")
     return f"""# {options["pretty_name"]}
 
 Images **encrypted block by block with a secret key** (timm-ppconvmixer), for training
@@ -164,10 +168,11 @@ A model must record the same key fingerprint; the training run refuses data encr
 another key. With timm's own `train.py` (`--device-modules` imports the plugin and its check):
 
 ```bash
-python train.py --dataset hfds/{repo_id} --train-split train --val-split test \\
+python train.py --dataset hfds/{repo_id} {split_flags}{classes_flag}\\
     --device-modules timm_ppconvmixer timm_ppconvmixer.hub.train_guard \\
-    --model ppconvmixer_256_8 --model-kwargs img_size={h} key_fingerprint={facts["fingerprint"]} \\
-    --input-size {facts["channels"]} {h} {w} --no-aug --reprob 0 --cutmix 0 --crop-pct 1.0
+    --model ppconvmixer_256_8 --model-kwargs img_size={h} patch_size={m} \\
+    key_fingerprint={facts["fingerprint"]} --input-size {facts["channels"]} {h} {w} \\
+    --no-aug --reprob 0 --cutmix 0 --crop-pct 1.0
 ```
 
 `hfids/{repo_id}` streams the shards instead (bounded memory). With the project's accelerate
