@@ -238,6 +238,11 @@ def aggregate(rows: list[dict]) -> list[dict]:
                     entry[f] = float(np.median([r[f] for r in rs]))
             t = np.array([r["seconds"] for r in rs])
             entry["seconds"] = (float(np.median(t)), float(t.max()))
+            # keys whose estimate is the true key up to nothing: the prior chose the true
+            # orientation (symmetry "identity", no inversion) for the key parts it could see
+            entry["orientation_right"] = sum(
+                r["symmetry"] == "identity" and not r["inverted"] for r in rs
+            )
             table.append(entry)
     return table
 
@@ -251,8 +256,8 @@ def markdown(table: list[dict], kp: list[dict], demo: dict | None) -> str:
 
     lines = [
         "| setting | N | K1 % | K2 % | K3 % | exact images % | PSNR dB | SSIM | top-1 rec. % "
-        "(plain / enc.) | time s (max) |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "(plain / enc.) | prior right | time s (max) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for e in table:
         top = "-"
@@ -265,6 +270,7 @@ def markdown(table: list[dict], kp: list[dict], demo: dict | None) -> str:
         lines.append(
             f"| {e['setting']} | {e['N']} | {mw(e['K1'])} | {mw(e['K2'])} | {mw(e['K3'])} | "
             f"{mw(e['exact_images'])} | {mw(e['psnr'], False)} | {ssim} | {top} | "
+            f"{e['orientation_right']}/{e['keys']} | "
             f"{e['seconds'][0]:.1f} ({e['seconds'][1]:.1f}) |"
         )
     lines += [

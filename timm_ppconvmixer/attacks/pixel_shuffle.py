@@ -316,6 +316,8 @@ def recover_pixel_perm(
     m = block_size
     m2 = m * m
     d = stats.cov.shape[0]
+    if m2 > 512:  # each swap pass costs D^3: keep large blocks (32x32) to minutes, not hours
+        em_rounds, max_swap_iter = min(em_rounds, 2), min(max_swap_iter, 30)
     if d != channels * m2:
         raise ValueError(f"statistics of {d} positions do not fit C={channels}, M={m}")
     if channels > 1:
