@@ -41,6 +41,13 @@ class Batch:
     manifest: dict[str, Any] = field(default_factory=dict)
 
 
+def _subset(total: int, limit: int) -> list[int]:
+    """A seeded random subset, in source order: the first ``limit`` files of a tree sorted by
+    class would be one or two classes, not a sample of what the provider holds. The same
+    ``(total, limit)`` gives the same indices, so plain and encrypted trees stay aligned."""
+    return sorted(np.random.default_rng(0).choice(total, limit, replace=False).tolist())
+
+
 def _is_dataset(path: Path) -> bool:
     return any((path / f).exists() for f in ("state.json", "dataset_dict.json"))
 
@@ -78,8 +85,8 @@ def _load_folder(root: Path, limit: int | None, channels: int | None) -> Batch:
         p for p in root.rglob("*")
         if p.is_file() and p.suffix.lower() in _EXTENSIONS and not p.name.startswith(".")
     )  # fmt: skip
-    if limit is not None:
-        files = files[:limit]
+    if limit is not None and limit < len(files):
+        files = [files[i] for i in _subset(len(files), limit)]
     if not files:
         raise AttackInputError(f"{root}: no images found (expected PNG files in class folders)")
     names = [str(p.relative_to(root)) for p in files]
@@ -111,8 +118,8 @@ def _load_dataset(root: Path, limit: int | None, channels: int | None) -> Batch:
         raise AttackInputError(
             f"{root}: the dataset has no 'image' column (columns: {ds.column_names})"
         )
-    if limit is not None:
-        ds = ds.select(range(min(limit, len(ds))))
+    if limit is not None and limit < len(ds):
+        ds = ds.select(_subset(len(ds), limit))
     names = [f"#{i}" for i in range(len(ds))]
     arrays = [_as_chw(img, channels, n) for img, n in zip(ds["image"], names, strict=True)]
     if not arrays:
@@ -122,7 +129,8 @@ def _load_dataset(root: Path, limit: int | None, channels: int | None) -> Batch:
 
 
 def load_images(source: str | Path, limit: int | None = None, *, encrypted: bool = True) -> Batch:
-    """Load an encrypted (or, with ``encrypted=False``, plain) folder or saved dataset."""
+    """Load an encrypted (or, with ``encrypted=False``, plain) folder or saved dataset;
+    ``limit`` keeps a seeded random subset of that many images."""
     root = Path(source)
     if not root.exists():
         raise AttackInputError(f"{root} does not exist")

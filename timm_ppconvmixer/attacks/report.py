@@ -1,6 +1,6 @@
 """``run_attack``: the provider's attack on an encrypted dataset, as a report.
 
-For N = 1, 10, 100, ... up to the data size (the first N images), it recovers the key from the
+For N = 1, 10, 100, ... up to the data size (nested random samples), it recovers the key from the
 ciphertext alone (:func:`~.ciphertext_only.recover_key`), decrypts with the estimate, and draws
 plain / encrypted / reconstruction side by side. With the owner's key (or plain images) it
 scores itself (:mod:`.scoring`, :mod:`.classifier`). Writes ``report.md``, ``result.json``,
@@ -119,7 +119,7 @@ def run_attack(
         out_dir: report folder (created); must not already hold a ``recovered.key``.
         key: the owner's key (object or file) to score the attack; never written anywhere.
         plain: the plain images in the same order/names, to score without (or with) the key.
-        limit: attack only the first ``limit`` images.
+        limit: attack a seeded random subset of ``limit`` images.
         progress: show a tqdm progress bar over the N steps.
         reference: public plain images of the same kind for the orientation prior (a folder,
             a saved dataset, or ``"fashion-mnist"`` for the public test split); default: the
@@ -143,11 +143,18 @@ def run_attack(
             "(the model's patch size)"
         )
     n, c, h, w = check_encrypted_batch(images, int(m))
+    # N = 1, 10, ... are random samples of the data (seeded), not the first files of a tree
+    # sorted by class
+    order = np.random.default_rng(0).permutation(n)
+    images = images[order]
+    labels = None if batch.labels is None else batch.labels[order]
     owner_key = _load_key(key, images)
     plain_images = None
     if plain is not None:
         plain_images = load_images(plain, limit, encrypted=False).images
-        if plain_images.shape != images.shape:
+        if plain_images.shape == images.shape:
+            plain_images = plain_images[order]
+        else:
             raise AttackInputError(
                 f"plain images {plain_images.shape} do not match the encrypted ones "
                 f"{images.shape}; pass the same images in the same order (same --limit)"
@@ -185,8 +192,8 @@ def run_attack(
         "recovered_key_fingerprint": result.key.fingerprint,
         "owner_key_fingerprint": None if owner_key is None else owner_key.fingerprint,
     }
-    if plain_images is not None and batch.labels is not None and n >= 20:
-        report["classifier"] = _classifier(out, images, result.key, plain_images, batch.labels)
+    if plain_images is not None and labels is not None and n >= 20:
+        report["classifier"] = _classifier(out, images, result.key, plain_images, labels)
     result.key.save(out / KEY_FILE)  # 0600, refuses to overwrite
     (out / "result.json").write_text(json.dumps(report, indent=2) + "\n")
     (out / "report.md").write_text(_markdown(report))
