@@ -1,0 +1,129 @@
+"""Commands on one key or one item: ``keygen``, ``key-info``, ``encrypt-image``,
+``decrypt-image`` and ``convert``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ..atomic import atomic_save
+from ..cipher import decrypt, encrypt
+from ..images import prepare_image
+from ..key import BlockKey
+from .common import IMAGE_FORMATS, CLIError, check_lossless, open_image, parse_floats, parse_size
+
+__all__ = ["add_key_parsers"]
+
+
+def add_key_parsers(sub: argparse._SubParsersAction) -> None:
+    """``keygen``, ``key-info``, ``encrypt-image``, ``decrypt-image``, ``convert``."""
+    p = sub.add_parser("keygen", help="generate a secret key file (mode 0600)")
+    p.add_argument("output", help="path of the key file to write")
+    p.add_argument("--image-size", type=parse_size, default=(224, 224), help="224 or HxW")
+    p.add_argument("--block-size", type=int, default=16, help="block (= patch) size M")
+    p.add_argument("--channels", type=int, default=3, choices=(1, 3))
+    p.add_argument("--seed", type=int, default=None, help="reproducible key (tests/demos only)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing key file")
+    p.set_defaults(func=_cmd_keygen)
+
+    p = sub.add_parser("key-info", help="show a key's public facts and fingerprint")
+    p.add_argument("key")
+    p.set_defaults(func=_cmd_key_info)
+
+    for name, inverse, text in (
+        ("encrypt-image", False, "resize/crop an image to the key's size and encrypt it"),
+        ("decrypt-image", True, "decrypt an encrypted image (owner only)"),
+    ):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--key", required=True, help="key file")
+        p.add_argument("input")
+        p.add_argument("output", help="lossless output file (.png recommended)")
+        p.set_defaults(func=lambda a, inv=inverse: _cmd_image(a, inv))
+    p = sub.add_parser(
+        "convert",
+        help="turn a plain ConvMixer into an exactly equivalent encrypted-domain model",
+        description="Convert a timm ConvMixer (patch size = the key's block size) into a "
+        "PPConvMixer that gives the same logits on images encrypted with KEY. The output folder "
+        "(model.safetensors + config.json) loads with timm.create_model('local-dir:OUT'). The "
+        "converted weights reveal much of the key to anyone holding the plain model.",
+    )
+    p.add_argument("--key", required=True, help="key file")
+    p.add_argument("--model", required=True, help="timm model name, local-dir:PATH or hf-hub:ID")
+    p.add_argument("--checkpoint", help="weights to load (.safetensors or a timm checkpoint)")
+    p.add_argument("--pretrained", action="store_true", help="load the model's own weights")
+    p.add_argument("--num-classes", type=int, default=None)
+    p.add_argument("--mean", type=parse_floats, help="normalisation mean, e.g. 0.5,0.5,0.5")
+    p.add_argument("--std", type=parse_floats, help="normalisation std")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("output", help="folder to write")
+    p.set_defaults(func=_cmd_convert)
+
+
+def _cmd_keygen(args: argparse.Namespace) -> None:
+    key = BlockKey.generate(args.image_size, args.block_size, args.channels, seed=args.seed)
+    key.save(args.output, overwrite=args.overwrite)
+    print(f"wrote {args.output} (mode 0600): {key}")
+    if args.seed is not None:
+        print("warning: a seeded key is reproducible by anyone who knows the seed; demos only")
+
+
+def _cmd_key_info(args: argparse.Namespace) -> None:
+    key = BlockKey.load(args.key)
+    print(json.dumps(key.describe(), indent=2))
+
+
+def _cmd_image(args: argparse.Namespace, inverse: bool) -> None:
+    key = BlockKey.load(args.key)
+    out = Path(args.output)
+    check_lossless(out)
+    img = open_image(Path(args.input))
+    if inverse:
+        if img.size != (key.image_size[1], key.image_size[0]):
+            raise CLIError(
+                f"{args.input}: encrypted image is {img.width}x{img.height}, the key expects "
+                f"{key.image_size[1]}x{key.image_size[0]} (WxH)"
+            )
+        result = decrypt(img, key)
+    else:
+        result = encrypt(prepare_image(img, key), key)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_save(out, lambda f: result.save(f, format=IMAGE_FORMATS[out.suffix.lower()]))
+    print(f"wrote {out}")
+
+
+def _load_source_model(args: argparse.Namespace):
+    import timm
+    from timm.models import load_checkpoint
+
+    if args.checkpoint is None and not args.pretrained:
+        raise CLIError("no weights to convert: pass --checkpoint FILE or --pretrained")
+    kwargs = {} if args.num_classes is None else {"num_classes": args.num_classes}
+    try:
+        model = timm.create_model(args.model, pretrained=args.pretrained, **kwargs)
+    except RuntimeError as e:  # unknown model name, failed download
+        raise CLIError(f"cannot create model {args.model!r}: {e}") from None
+    if args.checkpoint is not None:
+        path = Path(args.checkpoint)
+        if not path.is_file():
+            raise CLIError(f"{path}: no such checkpoint file")
+        try:
+            load_checkpoint(model, str(path), strict=True)
+        except RuntimeError as e:
+            first_line = str(e).splitlines()[0]
+            raise CLIError(f"{path}: does not fit {args.model} ({first_line})") from None
+    return model.eval()
+
+
+def _cmd_convert(args: argparse.Namespace) -> None:
+    from .convert import ConversionError, encrypt_model  # scipy: only when converting
+    from .hub import save_model_folder
+
+    key = BlockKey.load(args.key)
+    source = _load_source_model(args)
+    try:
+        converted = encrypt_model(source, key, mean=args.mean, std=args.std)
+    except ConversionError as e:
+        raise CLIError(str(e)) from None
+    out = save_model_folder(converted, args.output, overwrite=args.overwrite)
+    print(f"wrote {out} (key {key.fingerprint}); load it with timm.create_model('local-dir:{out}')")
