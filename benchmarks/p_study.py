@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -40,7 +41,11 @@ from timm.scheduler import CosineLRScheduler
 import timm_ppconvmixer  # noqa: F401  (registers the models)
 from timm_ppconvmixer import BlockKey, encrypt
 from timm_ppconvmixer.data import fashion_mnist_arrays
-from timm_ppconvmixer.permutation import AdaptivePermutation, block_order_recovery
+from timm_ppconvmixer.permutation import (
+    AdaptivePermutation,
+    block_order_recovery,
+    grid_symmetries,
+)
 from timm_ppconvmixer.permutation_penalties import grid_adjacency
 
 SIZE, BLOCK = 56, 4
@@ -232,12 +237,13 @@ def train_row(name: str, spec: dict, data: dict, key: BlockKey, args, order) -> 
     order_gen = torch.Generator().manual_seed(args.seed)  # same batches for every row
     batches = torch.randperm(len(x), generator=order_gen)
     curve, snapshots = [], {}
-    started = time.perf_counter()
+    mid = args.steps // 2 // args.log_every * args.log_every  # a logged step
+    started, cpu_started = time.perf_counter(), time.process_time()
     for step in range(args.steps + 1):
         if step % args.log_every == 0 or step == args.steps:
             m = p_matrix(model)
             curve.append([step, *recovery(m, key)])
-            if m is not None and step in (0, args.steps // 4, args.steps):
+            if m is not None and step in (0, mid, args.steps):
                 snapshots[step] = m.abs().numpy()
         if step == args.steps:
             break
@@ -248,7 +254,7 @@ def train_row(name: str, spec: dict, data: dict, key: BlockKey, args, order) -> 
         loss.backward()
         opt.step()
         sched.step_update(step + 1)
-    train_s = time.perf_counter() - started
+    train_s, cpu_s = time.perf_counter() - started, time.process_time() - cpu_started
     exact, sym, kept = recovery(p_matrix(model), key)
     test_x, test_y = data["test_enc" if spec.get("encrypted", True) else "test_plain"]
     return {
@@ -260,6 +266,7 @@ def train_row(name: str, spec: dict, data: dict, key: BlockKey, args, order) -> 
         "recovered_up_to_symmetry": sym,
         "neighbours_kept": kept,
         "train_s": round(train_s, 1),
+        "train_cpu_s": round(cpu_s, 1),  # CPU seconds of this process (all its threads)
         "final_loss": round(float(loss.detach()), 4),
         "curve": curve,
         "_snapshots": snapshots,
@@ -276,7 +283,7 @@ def plot(results: list[dict], key: BlockKey, path: Path) -> str | None:
     if not with_p:
         return None
     best = max(with_p, key=lambda r: (r["recovered_up_to_symmetry"], r["top1"]))
-    fig = plt.figure(figsize=(15, 8))
+    fig = plt.figure(figsize=(16, 8))
     ax = fig.add_subplot(2, 1, 1)
     for r in with_p:
         c = np.array(r["curve"], dtype=float)
@@ -287,10 +294,16 @@ def plot(results: list[dict], key: BlockKey, path: Path) -> str | None:
     ax.set_ylabel("block order recovered (%)")
     ax.set_title("solid: up to rotation/mirror; dashed: exact; dotted: neighbours kept", fontsize=9)
     ax.legend(fontsize=7, ncol=2)
-    n = key.num_blocks
-    target = np.zeros((n, n))
-    target[np.arange(n), key.block_perm.numpy()] = 1.0
+    n, perm = key.num_blocks, key.block_perm.numpy()
+    final = best["_snapshots"][max(best["_snapshots"])]
+    found = final.argmax(0)  # encrypted block at each output token
+    maps = [g.numpy() for g in grid_symmetries(key.grid_size)]
+    g = max(maps, key=lambda g: (perm[found] == g).mean())  # the rotation/mirror P chose
+    target, turned = np.zeros((n, n)), np.zeros((n, n))
+    target[np.arange(n), perm] = 1.0
+    turned[np.argsort(perm)[g], np.arange(n)] = 1.0
     panels = [(f"{best['row']}: |P| at step {s}", m) for s, m in best["_snapshots"].items()]
+    panels.append(("key's inverse block permutation, turned as P is", turned))
     panels.append(("key's inverse block permutation", target))
     for i, (title, m) in enumerate(panels):
         a = fig.add_subplot(2, len(panels), len(panels) + i + 1)
@@ -339,7 +352,11 @@ def main() -> None:
         exact, sym, kept = recovery(estimate, key)
         jigsaw = {"seconds": round(time.perf_counter() - t, 1), "recovered": exact}
         jigsaw.update(recovered_up_to_symmetry=sym, neighbours_kept=kept)
-    results = [train_row(n, spec[n], data, key, args, order) for n in names]
+    results = []
+    for n in names:
+        results.append(train_row(n, spec[n], data, key, args, order))
+        done = {k: results[-1][k] for k in ("row", "top1", "recovered_up_to_symmetry", "train_s")}
+        print(json.dumps(done), file=sys.stderr, flush=True)  # progress
     best = plot(results, key, args.out / "p_over_training.png")
     table = [{k: v for k, v in r.items() if not k.startswith("_")} for r in results]
     report = {
