@@ -116,8 +116,8 @@ def _load_source_model(args: argparse.Namespace):
 
 
 def _cmd_convert(args: argparse.Namespace) -> None:
-    from .convert import ConversionError, encrypt_model  # scipy: only when converting
-    from .hub import save_model_folder
+    from ..convert import ConversionError, encrypt_model  # scipy: only when converting
+    from ..hub import save_model_folder
 
     key = BlockKey.load(args.key)
     source = _load_source_model(args)
