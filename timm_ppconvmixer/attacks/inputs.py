@@ -22,13 +22,13 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from ..images import ImagePolicyError, to_key_mode
 from .result import AttackInputError
 
 __all__ = ["MANIFEST", "Batch", "load_images"]
 
 MANIFEST = "ENCRYPTION.json"  # written by ppconvmixer encrypt (folders module)
 _EXTENSIONS = {".png", ".bmp", ".tif", ".tiff", ".ppm", ".pgm", ".jpg", ".jpeg", ".webp"}
-_MODES = {1: "L", 3: "RGB"}
 
 
 @dataclass
@@ -65,15 +65,11 @@ def _stack(arrays: list[np.ndarray], names: list[str], source: Path) -> np.ndarr
 
 
 def _as_chw(img: Image.Image, channels: int | None, name: str) -> np.ndarray:
-    if channels is not None and img.mode != _MODES.get(channels):
-        if channels == 3 and img.mode in ("RGB", "RGBA", "P"):
-            img = img.convert("RGB")
-        elif channels == 1 and img.mode in ("L", "P", "I;16"):
-            img = img.convert("L")
-        else:
-            raise AttackInputError(
-                f"{name}: mode {img.mode} does not fit {channels} channel(s) of the encryption"
-            )
+    if channels is not None:
+        try:  # the package's one colour policy (timm_ppconvmixer.images)
+            img = to_key_mode(img, channels)
+        except ImagePolicyError as e:
+            raise AttackInputError(f"{name}: {e}") from None
     a = np.asarray(img)
     if a.dtype != np.uint8:
         raise AttackInputError(f"{name}: not an 8-bit image ({a.dtype})")
