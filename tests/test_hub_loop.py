@@ -264,9 +264,9 @@ def test_model_card_gets_the_owners_numbers_and_keeps_everything_else():
     assert [m["value"] for m in result["metrics"]] == [0.75, 0.25, 0.125]
     assert result["dataset"] == {"name": "me/enc", "type": "me/enc", "split": "test"}
     assert "75.00 %" in updated and "No measurements were provided" not in updated
-    body = card.split("---\n", 2)[2]
-    for section in ("## Usage", "## Training recipe", "## Privacy", "## Citation"):
-        assert body.split(section)[1].split("\n## ")[0] in updated
+    sections = card.split("---\n", 2)[2].split("\n## ")
+    kept = [section for section in sections[1:] if not section.startswith("Results")]
+    assert len(kept) >= 4 and all(section in updated for section in kept)  # all but Results
 
 
 def test_train_guard_outside_train_py_stops_the_process(tmp_path: Path):
