@@ -4,11 +4,13 @@
 2. encrypts the dataset with it (``datasets`` batched map) and saves only the encrypted copy
    (``encrypted_fashion_mnist/``, shareable: no key inside);
 3. the provider trains ``ppconvmixer_256_8`` (28x28, block 4, one channel, with P) on the
-   encrypted copy with the accelerate recipe, never seeing the key;
+   encrypted copy with the accelerate recipe, without being given the key;
 4. the owner evaluates: top-1 with the key, on plain images and with a wrong key, and how much of
    the block permutation P recovered;
-5. the model is exported in the Hub format (safetensors + config.json + key-free model card);
-6. a report (``report.md``) with the table and figures says where everything went.
+5. the model is exported in the Hub format (safetensors + config.json + key-free model card),
+   and the provider's view is measured: the ciphertext-only attack of ``ppconvmixer attack``
+   on the encrypted copy it holds, scored by the owner (``owner/attack/``);
+6. a report (``report.md``) with the tables and figures says where everything went.
 
     python recipes/demo.py [--out outputs/demo] [--train-limit N]   (or: make demo)
 """
@@ -61,19 +63,35 @@ def export_model(model_dir: Path, key: BlockKey, metrics: dict, out: Path) -> Pa
 
     model = timm.create_model(f"local-dir:{model_dir}", pretrained=True)
     target = out / "export"
-    if hasattr(hub, "export"):
-        hub.export(
-            model,
-            target,
-            key=key,
-            metrics=metrics,
-            dataset="zalando-datasets/fashion_mnist",
-            recipe="recipes/configs/demo_fashion_mnist.yaml (python recipes/demo.py)",
-            overwrite=True,
-        )
-    else:
-        hub.save_model_folder(model, target, overwrite=True)
+    hub.export(
+        model,
+        target,
+        key=key,
+        metrics=metrics,
+        dataset="zalando-datasets/fashion_mnist",
+        recipe="recipes/configs/demo_fashion_mnist.yaml (python recipes/demo.py)",
+        overwrite=True,
+    )
     return target
+
+
+def attack_shared_data(data: Path, key: BlockKey, out: Path) -> dict:
+    """The provider's view: the ciphertext-only attack on the encrypted dataset it was handed
+    (with the public Fashion-MNIST test split as its orientation prior), scored by the owner.
+    Its folder holds the recovered key, so it lives under ``owner/``."""
+    from timm_ppconvmixer.attacks import run_attack
+
+    target = out / "owner" / "attack"
+    shutil.rmtree(target, ignore_errors=True)  # a rerun attacks again; keys are never overwritten
+    result = run_attack(data, target, key=key, reference="fashion-mnist", progress=False)
+    last = result["steps"][-1]
+    return {
+        "images": result["images"],
+        "seconds": last["seconds"],
+        "key_recovered": last["key_recovered"],
+        "exact_images": last["images"]["exact_images"],
+        "report": str(target / "report.md"),
+    }
 
 
 def report(out: Path, summary: dict) -> Path:
@@ -92,6 +110,16 @@ def report(out: Path, summary: dict) -> Path:
         f"P recovered the block permutation for {100 * share:.1f} % of the tokens (share of "
         "output tokens whose largest weight in P comes from the right encrypted block)."
     )  # fmt: skip
+    a = summary["attack"]
+    k = a["key_recovered"]
+    attack = (
+        f"The provider's view, after attacking the {a['images']:,} encrypted training images it "
+        f"was given (ciphertext-only, {a['seconds']:.0f} s; `owner/attack/report.md`): it "
+        f"recovered {100 * k['K1']:.0f} % of the block order, {100 * k['K2']:.0f} % of the pixel "
+        f"shuffle and {100 * k['K3']:.0f} % of the flip mask, and decrypted "
+        f"{100 * a['exact_images']:.1f} % of those images exactly. The encryption does not keep "
+        "the images from the party that trains on them (README, Security)."
+    )
     text = f"""# timm-ppconvmixer demo report
 
 Key fingerprint: `{summary["key_fingerprint"]}` (the key itself: `owner/owner.key`, never shared).
@@ -101,12 +129,17 @@ Key fingerprint: `{summary["key_fingerprint"]}` (the key itself: `owner/owner.ke
 {rows}
 
 {recovery}
+
+{attack}
+
 Model: `{summary["model"]}` ({summary["params"]:,} parameters), trained
 {summary["train_time_s"]} s on {summary["train_images"]} encrypted images.
 
 Figures: `samples.png` (plain / encrypted / decrypted Fashion-MNIST), `photo.png` (a photograph
 at 224x224, block 16), `training_curve.png`, `owner/p_vs_inverse_block_permutation.png` (owner
-only: it shows the key's block order).
+only: it shows the key's block order), `owner/attack/figures/` (plain / encrypted / the
+provider's reconstruction at N = 1, 10, 100, ... images; owner only: beside the report lies the
+recovered key).
 
 Shareable: `encrypted_fashion_mnist/` (encrypted dataset), `export/` (model, config, card).
 Owner only: `owner/`. Resumable checkpoints: `train/checkpoints/`.
@@ -151,8 +184,11 @@ def main(argv: list[str] | None = None) -> dict:
     shutil.copy(out / "train" / "owner" / "p_vs_inverse_block_permutation.png", out / "owner")
     export = export_model(Path(result["model_folder"]), key, result["eval"], out)
     print(f"5/6 exported -> {export}", flush=True)
+    attack = attack_shared_data(data, key, out)
+    print(f"    provider's attack on the shared data -> {attack['report']}", flush=True)
     summary = {
         **result,
+        "attack": attack,
         "train_images": train_images,
         "test_images": len(images),
         "total_time_s": round(time.time() - started, 1),

@@ -20,7 +20,7 @@ def test_demo_runs_end_to_end_and_keeps_the_key_with_the_owner(tmp_path):
     out = tmp_path / "demo"
     proc = subprocess.run(
         [sys.executable, str(ROOT / "recipes" / "demo.py"), "--out", str(out),
-         "--train-limit", "1024", "train.max_steps=4"],
+         "--train-limit", "1024", "train.max_steps=4", "train.checkpoint_every=2"],
         capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -30,7 +30,10 @@ def test_demo_runs_end_to_end_and_keeps_the_key_with_the_owner(tmp_path):
     assert set(summary["eval"]) == {"top1_key", "top1_plain", "top1_wrong_key"}
     for name in ("report.md", "samples.png", "photo.png", "training_curve.png"):
         assert (out / name).is_file()
-    assert key.fingerprint in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    assert key.fingerprint in report and "The provider's view" in report
+    assert set(summary["attack"]["key_recovered"]) >= {"K1", "K2", "K3"}
+    assert (out / "owner" / "attack" / "report.md").is_file()
     model = timm.create_model(f"local-dir:{out / 'export'}", pretrained=True)
     assert model.key_fingerprint == key.fingerprint
     # the secrets appear in no file outside owner/: checkpoints (safetensors and accelerate's
