@@ -1,4 +1,4 @@
-"""Side-by-side timing helpers: interleaved repeats, medians, ratios (`docs/design.md` section 6)."""
+"""Side-by-side timing helpers: interleaved repeats, medians, ratios (docs/design.md section 6)."""
 
 from __future__ import annotations
 

@@ -87,9 +87,7 @@ def test_four_paths_give_identical_encrypted_pixels(files, key_name, tmp_path):
         for p in files
     }
 
-    ds = Dataset.from_dict({"image": [str(p) for p in files]}).cast_column(
-        "image", ImageFeature()
-    )
+    ds = Dataset.from_dict({"image": [str(p) for p in files]}).cast_column("image", ImageFeature())
     enc = encrypt_dataset(ds, key, batch_size=4)
     by_dataset = {p.stem: _chw(np.asarray(enc[i]["image"])) for i, p in enumerate(files)}
 

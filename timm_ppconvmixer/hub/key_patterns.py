@@ -200,7 +200,7 @@ def float_to_ints(values: np.ndarray) -> np.ndarray:
     out = np.full(values.shape, -1, dtype=np.int64)
     ok = np.isfinite(values) & (np.abs(values) < 2**53)
     ok[ok] = values[ok] == np.round(values[ok])
-    out[ok] = values[ok].astype(np.int64)
+    out[ok] = values[ok].astype(np.int64)  # only finite, exact integers are cast
     return out
 
 
