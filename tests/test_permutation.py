@@ -153,8 +153,8 @@ def test_implicit_gradient_equals_the_explicit_loss_for_every_variant(variant):
     twin = copy.deepcopy(model)
     F.cross_entropy(model(x), y).backward()
     twin.set_implicit_penalty(False)
-    penalty = twin.permutation_penalty()  # same temperature step as the forward pass below
-    (F.cross_entropy(twin(x), y) + 0.37 * penalty).backward()
+    logits = twin(x)  # counts the step first, so the penalty sees the same temperature
+    (F.cross_entropy(logits, y) + 0.37 * twin.permutation_penalty()).backward()
     torch.testing.assert_close(
         model.permutation.weight.grad, twin.permutation.weight.grad, rtol=1e-5, atol=1e-8
     )
@@ -198,6 +198,10 @@ def test_sinkhorn_temperature_anneals_with_training_steps_and_is_saved():
     for _ in range(5):
         model(x).sum().backward()
     assert int(perm.num_updates) == 5 and float(perm.temperature()) == pytest.approx(0.2)
+    constant = small(permutation_param="sinkhorn", sinkhorn_tau=(2.0, 0.02)).train()
+    constant(x).sum().backward()  # no schedule: no count, always the end temperature
+    assert int(constant.permutation.num_updates) == 0
+    assert float(constant.permutation.temperature()) == pytest.approx(0.02)
     with torch.no_grad():  # a forward pass without gradients is no training step
         model(x)
     model.eval()(x).sum().backward()
@@ -336,3 +340,18 @@ def test_plain_weights_load_into_a_sinkhorn_model(tmp_path):
     )
     torch.testing.assert_close(model.stem[0].weight, plain.stem[0].weight)
     assert int(model.permutation.num_updates) == 0
+
+
+@pytest.mark.slow
+def test_torch_compile_matches_eager_with_an_annealed_sinkhorn_p_and_the_prior():
+    kw = dict(permutation_param="sinkhorn", sinkhorn_steps=5, smoothness_weight=1.0)
+    torch.manual_seed(0)
+    model = small(penalty="doubly_stochastic", penalty_weight=0.1, **kw).train()
+    x = torch.randn(4, 3, 16, 16)
+    twin = copy.deepcopy(model)
+    model(x).sum().backward()
+    torch.compile(twin)(x).sum().backward()
+    grad = model.permutation.weight.grad
+    assert grad.abs().max() > 1e-4  # the temperature step and the terms really matter
+    torch.testing.assert_close(twin.permutation.weight.grad, grad, rtol=1e-3, atol=1e-6)
+    assert int(twin.permutation.num_updates) == int(model.permutation.num_updates) == 1

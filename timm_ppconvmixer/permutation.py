@@ -266,11 +266,19 @@ class AdaptivePermutation(nn.Module):
         return f"token grid {got[0]}x{got[1]} does not match P's grid {gh}x{gw}"
 
     @torch.jit.unused
+    @torch.compiler.disable
+    def _count_step(self) -> None:
+        # Outside any compiled graph: under torch.compile a buffer written in the graph and
+        # read by the differentiable temperature was read after the write in the backward
+        # pass (wrong gradients); written here, the graph only reads it.
+        with torch.no_grad():
+            self.num_updates += 1
+
+    @torch.jit.unused
     def _training_matrix(self, x: torch.Tensor) -> torch.Tensor:
+        if self.param == "sinkhorn" and self.sinkhorn_steps > 0:
+            self._count_step()  # training step k uses the temperature after k steps
         matrix = self.matrix()
-        if self.param == "sinkhorn":
-            with torch.no_grad():
-                self.num_updates += 1
         if self.implicit_penalty and self.penalty_weight != 0.0:
             matrix = _AddGradient.apply(matrix, self.penalty_weight, self.penalty, None, None)
         if self.smoothness_weight != 0.0:
