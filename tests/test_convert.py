@@ -14,9 +14,9 @@ from timm_ppconvmixer.convert import (
     ConversionError,
     decrypt_model,
     encrypt_model,
-    harden_permutation,
     rekey_model,
 )
+from timm_ppconvmixer.harden import harden_permutation
 from timm_ppconvmixer.permutation import HardPermutation, permutation_closeness
 
 # timm's ConvMixer configs at reduced width and depth: (kernel, patch, activation)

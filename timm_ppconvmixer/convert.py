@@ -25,6 +25,7 @@ import torch
 from timm.models.convmixer import ConvMixer
 from torch import nn
 
+from .conversion_errors import ConversionError
 from .key import BlockKey
 from .models import PPConvMixer
 from .permutation import AdaptivePermutation
@@ -34,7 +35,7 @@ __all__ = [
     "decrypt_model",
     "encrypt_model",
     "rekey_model",
-]  # and, from .harden, HardeningReport and harden_permutation
+]
 
 _SOURCE_WEIGHT_FIELDS = (
     "url",
@@ -45,10 +46,6 @@ _SOURCE_WEIGHT_FIELDS = (
     "source",
     "tag",
 )
-
-
-class ConversionError(ValueError):
-    """The model and the key do not fit together, or the model is not a ConvMixer."""
 
 
 def _patch_embedding(model: nn.Module) -> nn.Conv2d:
@@ -263,12 +260,3 @@ def rekey_model(
     plain = decrypt_model(model, old_key, mean=mean, std=std)
     return encrypt_model(plain, new_key, mean=mean, std=std)
 
-
-def __getattr__(name: str):
-    # Hardening lives in .harden (module size); kept importable from here, lazily, since
-    # .harden itself imports ConversionError from this module.
-    if name in ("HardeningReport", "harden_permutation"):
-        from . import harden
-
-        return getattr(harden, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

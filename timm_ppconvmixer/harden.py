@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from .convert import ConversionError
+from .conversion_errors import ConversionError
 from .models import PPConvMixer
 from .permutation import (
     AdaptivePermutation,
