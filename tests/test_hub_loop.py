@@ -239,13 +239,54 @@ def test_fingerprint_checks_refuse_mismatch_and_missing_fingerprints():
 def test_only_images_encrypted_with_the_key_pass_the_check():
     key, other = (BlockKey.generate(28, 4, channels=1, seed=s) for s in (1, 2))
     plain = load_fashion_mnist("test", limit=16)
-    check_encrypted_with(encrypt_dataset(plain, key), key, "image", "test")
-    with pytest.raises(HubError, match="do not decrypt with key"):
+    assert check_encrypted_with(encrypt_dataset(plain, key), key, "image", "test") == 16
+    with pytest.raises(HubError, match=r"16 rows \(0, 1, .*\) do not decrypt with key"):
         check_encrypted_with(plain, key, "image", "test")
     with pytest.raises(HubError, match="do not decrypt with key"):
         check_encrypted_with(encrypt_dataset(plain, other), key, "image", "test")
-    with pytest.raises(HubError, match="but images encrypted with key .* are 32x32 L"):
+    with pytest.raises(HubError, match=r"16 rows .* are not 32x32 L images"):
         check_encrypted_with(plain, BlockKey.generate(32, 4, channels=1, seed=3), "image", "t")
+
+
+def _mixed(key: BlockKey, encrypted: int, plain: int):
+    """``encrypted`` rows encrypted with ``key``, then ``plain`` plain rows (one Dataset)."""
+    import datasets
+
+    enc = encrypt_dataset(load_fashion_mnist("test", limit=encrypted), key)
+    tail = load_fashion_mnist("train", limit=plain).cast(enc.features)
+    return datasets.concatenate_datasets([enc, tail])
+
+
+def test_every_row_of_every_image_column_is_checked():
+    import datasets
+
+    key = BlockKey.generate(28, 4, channels=1, seed=1)
+    mixed = _mixed(key, 32, 8)  # the old check looked at the first 32 rows only
+    with pytest.raises(HubError) as caught:
+        check_encrypted_with(mixed, key, "image", "split train", batch_size=10)
+    assert "split train column 'image': 8 rows (32, 33, 34, 35, 36, 37, 38, 39)" in str(
+        caught.value
+    )
+    # one plain row in the middle, found across batch boundaries
+    rows = list(range(40))
+    rows[17] = 35
+    with pytest.raises(HubError, match=r"column 'image': 1 rows \(17\) do not decrypt"):
+        check_encrypted_with(mixed.select(rows[:32]), key, "image", "s", batch_size=7)
+    # a second image column is checked too, whatever image_column says
+    images = encrypt_dataset(load_fashion_mnist("test", limit=12), key)["image"]
+    thumbs = load_fashion_mnist("train", limit=12)["image"]
+    image = datasets.Image()
+    two = datasets.Dataset.from_dict(
+        {"image": images, "thumb": thumbs}, features=datasets.Features(image=image, thumb=image)
+    )
+    with pytest.raises(HubError, match=r"column 'thumb': 12 rows"):
+        check_encrypted_with(two, key, "image", "split train")
+    nested = datasets.Dataset.from_dict(
+        {"image": images, "extra": [[im] for im in images]},
+        features=datasets.Features(image=image, extra=datasets.List(image)),
+    )
+    with pytest.raises(HubError, match="column 'extra' holds images inside"):
+        check_encrypted_with(nested, key, "image", "split train")
 
 
 def test_model_card_gets_the_owners_numbers_and_keeps_everything_else():
@@ -316,6 +357,9 @@ def test_push_is_byte_exact_resumable_and_never_duplicated(hub: LocalHub, tmp_pa
     shards = [path for path in tree if path.endswith(".parquet")]
     assert len(shards) > 2 and hub.store.lfs_uploads - before == uploaded == len(shards)
     n_commits = commits(hub, "dataset", repo)
+    # the staged folder travels in one commit (after the repository's initial commit): the
+    # scanned shards and the scanned card together, not a re-serialisation and a card later
+    assert n_commits == 2 and "README.md" in tree
     python(PUSH, str(tmp_path / "owner.key"), repo, env=env, cwd=tmp_path)  # the same again
     assert hub.store.lfs_uploads - before == uploaded  # no shard sent twice
     assert commits(hub, "dataset", repo) == n_commits  # and no new commit
@@ -323,6 +367,48 @@ def test_push_is_byte_exact_resumable_and_never_duplicated(hub: LocalHub, tmp_pa
     assert fingerprint_from_card(card) == key.fingerprint
     assert yaml.safe_load(card.split("---\n")[1])["dataset_info"]["splits"][0]["num_examples"]
     assert not stored_key_material(hub.store.root, key)
+
+
+def test_a_push_with_plain_rows_after_encrypted_ones_is_refused(hub: LocalHub, tmp_path: Path):
+    key = BlockKey.generate(28, 4, channels=1, seed=7)
+    key.save(tmp_path / "owner.key")
+    _mixed(key, 32, 8).save_to_disk(str(tmp_path / "mixed"))
+    code = """
+    import sys
+    from timm_ppconvmixer import BlockKey
+    from timm_ppconvmixer.hub import push_encrypted_dataset
+    push_encrypted_dataset(sys.argv[1], "tester/mixed", key=BlockKey.load(sys.argv[2]))
+    """
+    env = party_env(hub, tmp_path / "hf")
+    proc = python(code, str(tmp_path / "mixed"), str(tmp_path / "owner.key"), env=env,
+                  cwd=tmp_path, ok=False)  # fmt: skip
+    assert proc.returncode != 0
+    assert "split train column 'image': 8 rows (32, 33, 34, 35, 36, 37, 38, 39) do not decrypt" in (
+        proc.stderr
+    ), proc.stderr[-2000:]
+    assert not (hub.store.root / "repos" / "datasets" / "tester" / "mixed").exists()
+
+
+def test_cli_refuses_to_push_an_encrypted_folder_with_a_plain_image(hub: LocalHub, tmp_path):
+    from PIL import Image
+
+    write_image_folder(tmp_path / "images" / "train", per_class=3, size=(40, 52))
+    BlockKey.generate(32, 8, channels=3, seed=8).save(tmp_path / "k.key")
+    env = party_env(hub, tmp_path / "hf")
+    ppconvmixer("encrypt --key k.key images enc --workers 1 --no-progress", env, tmp_path)
+    # a plain image dropped into the encrypted tree by hand, then pushed
+    plain = Image.open(tmp_path / "images" / "train" / "dog" / "1.png").convert("RGB")
+    plain.resize((32, 32)).save(tmp_path / "enc" / "train" / "dog" / "9.png")
+    proc = ppconvmixer(
+        "encrypt --key k.key images enc --workers 1 --no-progress --push-to-hub tester/dropped",
+        env,
+        tmp_path,
+        ok=False,
+    )
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: split train column 'image': 1 rows (") and "decrypt" in last
+    assert not (hub.store.root / "repos" / "datasets" / "tester" / "dropped").exists()
 
 
 def test_key_material_in_a_column_or_png_text_stops_the_push_before_upload(hub, tmp_path):

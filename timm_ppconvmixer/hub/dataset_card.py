@@ -84,7 +84,7 @@ def _metadata(key: BlockKey, splits: Mapping[str, int], options: Mapping[str, An
         **{CARD_BLOCK: block},
     )
     meta = data.to_dict()
-    for name in ("configs", "dataset_info"):  # written by datasets' push_to_hub: kept as is
+    for name in ("configs", "dataset_info"):  # what datasets reads: built by card_metadata
         if options["hub_metadata"].get(name) is not None:
             meta[name] = options["hub_metadata"][name]
     return meta
@@ -104,7 +104,7 @@ def dataset_card(
     hub_metadata: Mapping[str, Any] | None = None,
 ) -> str:
     """The card of an encrypted dataset: YAML metadata (``hub_metadata`` carries the
-    ``configs`` and ``dataset_info`` that ``datasets``' ``push_to_hub`` wrote), then the body.
+    ``configs`` and ``dataset_info`` that ``datasets`` reads), then the body.
 
     Example:
         >>> card = dataset_card(key, {"train": 60000, "test": 10000}, repo_id="me/fmnist-enc")

@@ -1,11 +1,14 @@
-"""Pushing an encrypted dataset to the Hub as a dataset repository: sharded parquet written by
-``datasets``' own ``push_to_hub``, and a key-free dataset card (:mod:`.dataset_card`).
+"""Pushing an encrypted dataset to the Hub as a dataset repository: sharded parquet in the
+layout ``datasets``' ``push_to_hub`` writes, and a key-free dataset card
+(:mod:`.dataset_card`) with the ``configs`` / ``dataset_info`` metadata ``datasets`` reads.
 
-Everything is staged first: the shards exactly as ``push_to_hub`` writes them, decoded views of
-them, and the card are scanned by the leak guard before anything is sent; after the push the
-Hub's shards are compared byte for byte (sha256) with the scanned ones. A second push of the
-same data sends nothing and makes no commit (``datasets`` and ``huggingface_hub`` skip shards
-and cards the repository already holds), and an interrupted push resumes: shards already
+Every row of every image column is checked to decrypt with the key, then everything is staged
+in a local folder: the shards, decoded views of them and the card are scanned by the leak
+guard, and that folder itself is uploaded in one commit with ``huggingface_hub``'s
+``create_commit``, so the bytes that travel are the bytes that were scanned (checked again
+after the push: the Hub's shards are compared byte for byte, sha256, with the staged ones). A
+second push of the same data sends nothing and makes no commit (``huggingface_hub`` drops
+files the repository already holds), and an interrupted push resumes: LFS shards already
 uploaded are not sent again.
 """
 
@@ -22,8 +25,15 @@ from ..atomic import atomic_write_bytes
 from ..data import encrypt_dataset
 from ..folders.manifest import MANIFEST_NAME
 from ..key import BlockKey
-from .dataset_card import dataset_card, read_front_matter
-from .dataset_stage import check_encrypted_with, num_shards, stage_split, verify_uploaded
+from .dataset_card import dataset_card
+from .dataset_stage import (
+    card_metadata,
+    check_encrypted_with,
+    commit_operations,
+    num_shards,
+    stage_split,
+    verify_uploaded,
+)
 from .errors import HubError
 from .leak_guard import assert_no_key_material
 from .model_folder import first_line, transport_errors
@@ -147,32 +157,28 @@ def push_encrypted_dataset(
         >>> push_encrypted_dataset(plain, "me/fmnist-enc", key=key, encrypt=True)  # doctest: +SKIP
         'https://huggingface.co/datasets/me/fmnist-enc'
     """
-    from huggingface_hub import HfApi, hf_hub_download
+    from huggingface_hub import HfApi
 
     say = log or (lambda _: None)
     dd, resize = load_encrypted_source(ds_or_path, key, encrypt=encrypt, split=split,
                                        image_column=image_column, resize=resize,
                                        num_proc=num_proc)  # fmt: skip
     _check_columns(dd, image_column, label_column)
-    for name, ds in dd.items():
-        check_encrypted_with(ds, key, image_column, f"split {name}")
+    checked = sum(
+        check_encrypted_with(ds, key, image_column, f"split {name}", progress=log is not None)
+        for name, ds in dd.items()
+    )
     shards = {name: num_shards(ds, max_shard_size) for name, ds in dd.items()}
+    api = HfApi(token=token)
     with tempfile.TemporaryDirectory(prefix="ppconvmixer-dataset-") as tmp:
         stage, views = Path(tmp) / "repo", Path(tmp) / "views"
         staged: dict[str, str] = {}
         for name, ds in dd.items():
             staged |= stage_split(ds, name, shards[name], stage, views)
-        assert_no_key_material([stage, views], key)
-        say(f"pushing {sum(len(ds) for ds in dd.values())} images encrypted with key "
-            f"{key.fingerprint} to {repo_id}: {len(staged)} shards, scanned")  # fmt: skip
-        api = HfApi(token=token)
+        assert_no_key_material([stage, views], key)  # before anything is sent
         try:
-            dd.push_to_hub(repo_id, private=private, token=token, num_shards=shards,
-                           commit_message=commit_message, num_proc=num_proc)  # fmt: skip
-            repo_id = api.repo_info(repo_id, repo_type="dataset").id
-            verify_uploaded(api, repo_id, staged, revision=None)
-            pushed = Path(hf_hub_download(repo_id, "README.md", repo_type="dataset", token=token))
-            meta = read_front_matter(pushed.read_text(encoding="utf-8"))
+            repo_id = api.create_repo(repo_id, repo_type="dataset", private=private,
+                                      exist_ok=True).repo_id  # fmt: skip
             card = dataset_card(
                 key,
                 {name: len(ds) for name, ds in dd.items()},
@@ -183,14 +189,17 @@ def push_encrypted_dataset(
                 resize=resize,
                 image_column=image_column,
                 label_column=label_column,
-                hub_metadata={k: meta.get(k) for k in ("configs", "dataset_info")},
+                hub_metadata=card_metadata(dd, staged, stage),
             )
-            card_path = atomic_write_bytes(stage / "README.md", card.encode("utf-8"))
-            assert_no_key_material(card_path, key)
-            api.upload_file(path_or_fileobj=str(card_path), path_in_repo="README.md",
-                            repo_id=repo_id, repo_type="dataset",
-                            commit_message="Dataset card: key fingerprint, encryption, safe "
-                            "augmentation")  # fmt: skip
+            # the commit below uploads the staged folder as it is: the scanned shards and
+            # this scanned card, byte for byte
+            assert_no_key_material(atomic_write_bytes(stage / "README.md", card.encode()), key)
+            say(f"pushing {checked} images encrypted with key {key.fingerprint} to {repo_id}: "
+                f"{len(staged)} shards and the card, checked and scanned")  # fmt: skip
+            operations = commit_operations(api, repo_id, stage, revision=None)
+            api.create_commit(repo_id, operations, commit_message=commit_message,
+                              repo_type="dataset")  # fmt: skip
+            verify_uploaded(api, repo_id, staged, revision=None)
         except transport_errors() as e:
             raise HubError(
                 f"pushing the dataset to {repo_id} failed: {first_line(e)}; check the token "
