@@ -43,6 +43,7 @@ from timm_ppconvmixer import BlockKey, encrypt
 from timm_ppconvmixer.data import fashion_mnist_arrays
 from timm_ppconvmixer.permutation import (
     AdaptivePermutation,
+    block_order_of,
     block_order_recovery,
     grid_symmetries,
 )
@@ -194,13 +195,11 @@ def recovery(matrix: torch.Tensor | None, key: BlockKey) -> list[float | None]:
     if matrix is None:
         return [None, None, None]
     adj = grid_adjacency(key.grid_size)
-    plain = key.block_perm[matrix.abs().argmax(0)]  # plain block at each output token
+    # plain block at each output token, read as every block order is (block_order_of)
+    plain = key.block_perm[torch.argsort(block_order_of(matrix))]
     kept = float((adj * adj[plain][:, plain]).sum() / adj.sum())
-    return [
-        block_order_recovery(matrix, key.block_perm),
-        block_order_recovery(matrix, key.block_perm, grid_size=key.grid_size),
-        kept,
-    ]
+    shares = block_order_recovery(matrix, key.block_perm, key.grid_size)
+    return [shares.exact, shares.up_to_symmetry, kept]
 
 
 @torch.no_grad()

@@ -116,7 +116,8 @@ def markdown(results: dict) -> str:
                 "" if "top1_wrong_key" not in e else f"{100 * e['top1_wrong_key']:.2f}",
                 ""
                 if r.get("permutation_recovery") is None
-                else f"{100 * r['permutation_recovery']:.1f} %",
+                else f"{100 * r['permutation_recovery']['exact']:.1f} % "
+                f"({100 * r['permutation_recovery']['up_to_symmetry']:.1f} % up to symmetry)",
                 str(r.get("train_time_s", "")),
             ]
             lines.append(f"| {geom} | {row} | " + " | ".join(cells) + " |")

@@ -107,8 +107,10 @@ def report(out: Path, summary: dict) -> Path:
     share = summary.get("permutation_recovery")
     recovery = (
         "The model has no P." if share is None else
-        f"P recovered the block permutation for {100 * share:.1f} % of the tokens (share of "
-        "output tokens whose largest weight in P comes from the right encrypted block)."
+        f"P states {100 * share['exact']:.1f} % of the key's block order exactly and "
+        f"{100 * share['up_to_symmetry']:.1f} % up to the grid's rotations and mirrors (share "
+        "of blocks that the nearest permutation to |P| sends back to their place; chance is "
+        f"about {100 / summary['num_blocks']:.1f} %)."
     )  # fmt: skip
     a = summary["attack"]
     k = a["key_recovered"]
@@ -191,6 +193,7 @@ def main(argv: list[str] | None = None) -> dict:
         "attack": attack,
         "train_images": train_images,
         "test_images": len(images),
+        "num_blocks": key.num_blocks,
         "total_time_s": round(time.time() - started, 1),
     }
     atomic_write_bytes(out / "summary.json", json.dumps(summary, indent=2).encode())

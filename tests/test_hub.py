@@ -32,6 +32,7 @@ from PIL import Image
 import timm_ppconvmixer  # noqa: F401  (registers the models with timm)
 from timm_ppconvmixer import BlockKey
 from timm_ppconvmixer.convert import encrypt_model
+from timm_ppconvmixer.harden import harden_permutation
 from timm_ppconvmixer.hub import (
     HubError,
     KeyMaterialError,
@@ -43,6 +44,7 @@ from timm_ppconvmixer.hub import (
     save_model_folder,
     scan_for_key_material,
 )
+from timm_ppconvmixer.permutation import block_order_of
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DATASET = "zalando-datasets/fashion_mnist"
@@ -68,10 +70,10 @@ def key() -> BlockKey:
     return BlockKey.generate(16, 4, channels=3, seed=0)  # 16 blocks, 48 positions per block
 
 
-def tiny_model(key: BlockKey, seed: int = 0) -> torch.nn.Module:
+def tiny_model(key: BlockKey, seed: int = 0, **kwargs: Any) -> torch.nn.Module:
     """A small PPConvMixer in ``key``'s encrypted domain (Kaiming P, as trained from scratch)."""
     torch.manual_seed(seed)
-    model = timm.create_model("ppconvmixer_256_8", img_size=16, num_classes=3).eval()
+    model = timm.create_model("ppconvmixer_256_8", img_size=16, num_classes=3, **kwargs).eval()
     model.key_fingerprint = key.fingerprint
     return model
 
@@ -385,10 +387,35 @@ def test_leak_guard_passes_a_learned_dense_p_but_warns_when_it_is_close_to_a_per
     (without_key,) = scan_for_key_material(tmp_path / "out", None)
     assert without_key.warning and not without_key.key_derived_weights
     (with_key,) = scan_for_key_material(tmp_path / "out", key)
-    assert with_key.warning and "100 % of this key's (K1)" in with_key.what
+    assert with_key.warning and "100 % of this key's block order (K1) exactly" in with_key.what
     with torch.no_grad():  # close to the identity: states no block order, no warning
         model.permutation.weight.copy_(torch.eye(16) + 0.01 * torch.randn(16, 16))
     assert scan_for_key_material(export(model, tmp_path / "eye", key=key), key) == []
+
+
+def test_leak_guard_judges_the_effective_sinkhorn_p_and_the_grid_symmetries(key, tmp_path: Path):
+    # Sinkhorn logits 0.25 * Pi + noise: their values and row softmax look like nothing, but the
+    # model's P (Sinkhorn at tau = 0.05) is the key's block order
+    model = tiny_model(key, permutation_param="sinkhorn")
+    with torch.no_grad():
+        logits = 0.25 * torch.eye(16)[key.block_perm] + 0.02 * torch.randn(16, 16)
+        model.permutation.weight.copy_(logits)
+    assert block_order_of(model.permutation.matrix()).tolist() == key.block_perm.tolist()
+    with pytest.warns(UserWarning, match="close to a permutation"):
+        out = export(model, tmp_path / "sinkhorn", key=key)
+    (finding,) = scan_for_key_material(out, key)
+    assert finding.warning and "100 % of this key's block order (K1) exactly" in finding.what
+    assert len(scan_for_key_material(out, None)) == 1  # without the key: still a warning
+    # a dense P holding the transposed order (a readable transposed image): found, and said so
+    transposed = torch.arange(16).view(4, 4).T.reshape(-1)
+    dense = tiny_model(key)
+    with torch.no_grad():
+        dense.permutation.weight.copy_(torch.eye(16)[transposed[key.block_perm]])
+        dense.permutation.weight.add_(0.05 * torch.randn(16, 16))
+    with pytest.warns(UserWarning):
+        out = export(dense, tmp_path / "transposed", key=key)
+    (finding,) = scan_for_key_material(out, key)
+    assert "100 % up to the grid's symmetries" in finding.what, finding.what
 
 
 def test_converted_model_needs_explicit_opt_in(key, tmp_path: Path):
@@ -413,8 +440,18 @@ def test_hardened_p_index_is_key_derived(key, tmp_path: Path):
     source = torch.argsort(key.block_perm)  # what harden_permutation stores for a converted model
     safetensors.torch.save_file({"stem.3.source": source}, tmp_path / "model.safetensors")
     (finding,) = scan_for_key_material(tmp_path / "model.safetensors", key)
-    assert finding.key_derived_weights
+    assert finding.key_derived_weights and "100 % of this key's block order" in finding.what
     assert assert_no_key_material(tmp_path, key, allow_key_derived_weights=True) == [finding]
+    # a hardened model as harden_permutation writes it, from a P that learned the order
+    model = tiny_model(key)
+    with torch.no_grad():
+        model.permutation.weight.copy_(torch.eye(16)[key.block_perm] + 0.01 * torch.randn(16, 16))
+    hardened, _ = harden_permutation(model)
+    (tmp_path / "hardened").mkdir()
+    safetensors.torch.save_file(hardened.state_dict(), tmp_path / "hardened" / "model.safetensors")
+    with pytest.raises(KeyMaterialError, match="hardened gather") as err:
+        assert_no_key_material(tmp_path / "hardened", key)
+    assert err.value.findings[0].key_derived_weights
 
 
 def test_without_a_key_the_guard_still_finds_key_files(key, tmp_path: Path):

@@ -17,6 +17,8 @@ import timm_ppconvmixer  # noqa: F401  (registers the models)
 from timm_ppconvmixer import BlockKey, PPConvMixer
 from timm_ppconvmixer.permutation import (
     AdaptivePermutation,
+    HardPermutation,
+    block_order_of,
     block_order_recovery,
     grid_symmetries,
     permutation_closeness,
@@ -237,7 +239,8 @@ def test_init_from_a_block_order_list_or_file(tmp_path):
     for init in (order, str(path)):
         for param in ("dense", "sinkhorn"):
             p = small(permutation_init=init, permutation_param=param, permutation_lr_gain=4.0)
-            assert block_order_recovery(p.permutation.matrix(), key.block_perm) == 1.0
+            recovery = block_order_recovery(p.permutation.matrix(), key.block_perm, (4, 4))
+            assert recovery.exact == recovery.up_to_symmetry == 1.0
             assert "order" in repr(p.permutation) and str(order) not in repr(p)
     with pytest.raises(ValueError, match="permutation of 0..15"):
         small(permutation_init=[0] * 16)
@@ -319,9 +322,19 @@ def test_block_order_recovery_exact_and_up_to_grid_symmetry():
     for g in grid_symmetries((4, 4)):
         m = torch.zeros(16, 16)
         m[holder[g], torch.arange(16)] = -2.0  # sign and scale do not hide the order
-        assert block_order_recovery(m, key.block_perm, grid_size=(4, 4)) == 1.0
+        recovery = block_order_recovery(m, key.block_perm, grid_size=(4, 4))
         identity = bool((g == torch.arange(16)).all())
-        assert (block_order_recovery(m, key.block_perm) == 1.0) == identity
+        assert recovery.up_to_symmetry == 1.0
+        assert (recovery.exact == 1.0) == identity
+        if not identity:  # a transposed or mirrored order holds few blocks in their exact place
+            assert recovery.exact < 0.5
+    # |P|: a negated P that states the order is read as well as P itself, and the same as the
+    # hardened gather of that order
+    p = torch.eye(16)[key.block_perm] + 0.05 * torch.rand(16, 16)
+    assert torch.equal(block_order_of(-p), key.block_perm)
+    hard = HardPermutation(torch.argsort(key.block_perm), (4, 4))
+    assert torch.equal(block_order_of(hard.matrix()), key.block_perm)
+    assert torch.equal(block_order_of(p), key.block_perm)
 
 
 def test_plain_weights_load_into_a_sinkhorn_model(tmp_path):

@@ -13,13 +13,13 @@ import copy
 from dataclasses import asdict, dataclass
 
 import torch
-from scipy.optimize import linear_sum_assignment
 
 from .conversion_errors import ConversionError
 from .models import PPConvMixer
 from .permutation import (
     AdaptivePermutation,
     HardPermutation,
+    nearest_permutation,
     permutation_closeness,
     permutation_penalty,
 )
@@ -84,8 +84,7 @@ def harden_permutation(
     with torch.no_grad():
         w = perm.matrix().detach().double().cpu()
     n = perm.num_tokens
-    rows, cols = linear_sum_assignment(w.abs().numpy(), maximize=True)
-    rows_t, cols_t = torch.as_tensor(rows), torch.as_tensor(cols)
+    rows_t, cols_t = nearest_permutation(w)
     hard = torch.zeros_like(w)
     hard[rows_t, cols_t] = 1.0
     scale = float(w[rows_t, cols_t].sum()) / n

@@ -8,14 +8,19 @@ With ``P[i, j] = 1`` exactly when encrypted block ``i`` holds plain block ``j``
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn as nn
 from timm.models import register_notrace_module
 
 __all__ = [
+    "BlockOrderRecovery",
     "HardPermutation",
+    "block_order_of",
     "block_order_recovery",
     "grid_symmetries",
+    "nearest_permutation",
     "permutation_closeness",
 ]
 
@@ -87,19 +92,55 @@ def grid_symmetries(grid_size: tuple[int, int]) -> list[torch.Tensor]:
 
 
 @torch.no_grad()
-def block_order_recovery(
-    matrix: torch.Tensor, block_perm: torch.Tensor, grid_size: tuple[int, int] | None = None
-) -> float:
-    """Share of output tokens j whose largest ``|P[i, j]|`` is at the encrypted block i that
-    holds plain block j (``block_perm[i] == j``): how much of K1's order P has learned (owner
-    only: it needs the key). Chance is 1/n.
+def nearest_permutation(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(rows, cols)`` of the permutation that maximises ``sum_i |P[i, sigma(i)]|`` (a linear
+    assignment problem on ``|P|``, Hungarian method), so that P, -P and 0.3 P read alike."""
+    from scipy.optimize import linear_sum_assignment
 
-    With ``grid_size``, the best share over the grid's rotations and mirrors
-    (:func:`grid_symmetries`): a P that puts every block back in a rotated or mirrored place
-    restores a rotated or mirrored image, which is as readable, and no ciphertext-only method
-    can tell these orders apart (K2 can be rotated along with K1).
+    weights = matrix.detach().double().cpu().abs().numpy()
+    rows, cols = linear_sum_assignment(weights, maximize=True)
+    return torch.as_tensor(rows, dtype=torch.long), torch.as_tensor(cols, dtype=torch.long)
+
+
+def block_order_of(matrix: torch.Tensor) -> torch.Tensor:
+    """The block order a P (effective matrix, or a hardened P's ``matrix()``) states, as a
+    ``block_perm`` estimate: ``order[i] = j`` where the nearest permutation to ``|P|`` has
+    ``P[i, j]``, i.e. encrypted block i goes back to place j. The one way every part of the
+    package reads a block order out of P (the owner's evaluation, the leak guard, the attack on
+    shared models, hardening).
+
+    Example:
+        >>> key = BlockKey.generate(32, 8, seed=0)  # doctest: +SKIP
+        >>> p = torch.eye(16)[key.block_perm]       # P[i, block_perm[i]] = 1
+        >>> bool((block_order_of(-p) == key.block_perm).all())  # doctest: +SKIP
+        True
     """
-    holder = torch.argsort(block_perm.cpu())
-    found = matrix.detach().float().cpu().abs().argmax(0)
-    maps = grid_symmetries(grid_size) if grid_size is not None else [torch.arange(len(holder))]
-    return max(float((found == holder[g]).float().mean()) for g in maps)
+    rows, cols = nearest_permutation(matrix)
+    order = torch.empty_like(rows)
+    order[rows] = cols
+    return order
+
+
+class BlockOrderRecovery(NamedTuple):
+    """Share of the key's block order (K1) a P states: ``exact``, and ``up_to_symmetry``
+    (the best over the grid's rotations and mirrors, :func:`grid_symmetries`)."""
+
+    exact: float
+    up_to_symmetry: float
+
+
+def block_order_recovery(
+    matrix: torch.Tensor, block_perm: torch.Tensor, grid_size: tuple[int, int]
+) -> BlockOrderRecovery:
+    """How much of K1 P has learned (owner only: it needs the key): the share of encrypted
+    blocks i that :func:`block_order_of` sends to ``block_perm[i]``; chance is about 1/n.
+
+    Up to symmetry: a P that puts every block back in a rotated or mirrored place restores a
+    rotated or mirrored image, which is as readable, and no ciphertext-only method can tell
+    these orders apart (K2 can be rotated along with K1); so the share is also reported for
+    the best of the grid's symmetries g (block i sent to ``g[block_perm[i]]``).
+    """
+    order = block_order_of(matrix)
+    truth = block_perm.detach().cpu().to(torch.long)
+    shares = [float((order == g[truth]).double().mean()) for g in grid_symmetries(grid_size)]
+    return BlockOrderRecovery(exact=shares[0], up_to_symmetry=max(shares))

@@ -10,7 +10,11 @@ import torch
 from torch.utils.data import DataLoader
 
 from timm_ppconvmixer import BlockKey
-from timm_ppconvmixer.permutation import AdaptivePermutation
+from timm_ppconvmixer.permutation import (
+    AdaptivePermutation,
+    HardPermutation,
+    block_order_recovery,
+)
 
 from .data import DecryptedView, EvalDataset, encrypted_transform, eval_transform
 
@@ -36,15 +40,17 @@ def inverse_block_permutation_matrix(key: BlockKey) -> torch.Tensor:
     return target
 
 
-def permutation_recovery(model, key: BlockKey) -> float | None:
-    """Share of output tokens j whose largest weight in P comes from the encrypted block that
-    holds plain block j (the block i with ``block_perm[i] == j``)."""
+@torch.no_grad()
+def permutation_recovery(model, key: BlockKey) -> dict | None:
+    """How much of the key's block order (K1) the model's P states, exact and up to the grid's
+    rotations and mirrors (:func:`timm_ppconvmixer.permutation.block_order_recovery`, read off
+    the effective matrix ``P.matrix()``: after Sinkhorn and the learning-rate gain, or a
+    hardened P's gather); None for a model without P."""
     perm = getattr(model, "permutation", None)
-    if not isinstance(perm, AdaptivePermutation):
+    if not isinstance(perm, (AdaptivePermutation, HardPermutation)):
         return None
-    holder = torch.argsort(key.block_perm)  # holder[j] = i with block_perm[i] = j
-    w = perm.weight.detach().float().cpu()
-    return float((w.argmax(0) == holder).float().mean())
+    recovery = block_order_recovery(perm.matrix(), key.block_perm, key.grid_size)
+    return recovery._asdict()
 
 
 def plot_permutation(model, key: BlockKey, path: Path) -> Path | None:
@@ -57,7 +63,7 @@ def plot_permutation(model, key: BlockKey, path: Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    w = perm.weight.detach().float().cpu()
+    w = perm.matrix().detach().float().cpu()  # the effective P (Sinkhorn, gain)
     fig, axes = plt.subplots(1, 2, figsize=(9, 4.4))
     lim = float(w.abs().max())
     im = axes[0].imshow(w, cmap="RdBu_r", vmin=-lim, vmax=lim)

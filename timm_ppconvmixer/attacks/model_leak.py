@@ -38,10 +38,12 @@ from __future__ import annotations
 import time
 
 import numpy as np
+import torch
 from scipy.optimize import linear_sum_assignment
 from torch import nn
 
 from ..key import BlockKey
+from ..permutation import block_order_of
 from .flip_mask import PositionStats, recover_flip_mask
 from .pixel_shuffle import recover_pixel_perm
 from .result import AttackInputError, AttackResult
@@ -57,9 +59,12 @@ def _stem(model: nn.Module) -> nn.Conv2d:
 
 
 def _p_matrix(model: nn.Module) -> np.ndarray | None:
+    """The effective P (``matrix()``: after Sinkhorn and the gain), or None without P."""
     perm = getattr(model, "permutation", None)
-    weight = getattr(perm, "weight", None)
-    return None if weight is None else weight.detach().double().cpu().numpy()
+    if not callable(getattr(perm, "matrix", None)):
+        return None
+    with torch.no_grad():
+        return perm.matrix().detach().double().cpu().numpy()
 
 
 def key_from_converted_model(shared: nn.Module, public: nn.Module) -> AttackResult:
@@ -108,16 +113,15 @@ def key_from_converted_model(shared: nn.Module, public: nn.Module) -> AttackResu
 
 
 def block_order_from_p(model: nn.Module) -> tuple[np.ndarray, float]:
-    """Nearest permutation to a learned P as a ``block_perm`` estimate, and the share of rows
-    whose largest entry agrees with it (a key-free confidence)."""
+    """The block order a shared model's P states, as a ``block_perm`` estimate
+    (:func:`timm_ppconvmixer.permutation.block_order_of` on the effective matrix, so a
+    Sinkhorn, scaled or negated P reads right), and the share of rows whose largest ``|P|``
+    agrees with it (a key-free confidence)."""
     p = _p_matrix(model)
     if p is None:
         raise AttackInputError("the model has no permutation matrix P")
-    rows, cols = linear_sum_assignment(p, maximize=True)
-    # P[i, j] = 1 when encrypted block i holds plain block j (convert.py), so block_perm = cols
-    estimate = np.empty(len(rows), dtype=np.int64)
-    estimate[rows] = cols
-    return estimate, float((p.argmax(1) == estimate).mean())
+    estimate = block_order_of(torch.from_numpy(p)).numpy()
+    return estimate, float((np.abs(p).argmax(1) == estimate).mean())
 
 
 def shuffle_from_stem(model: nn.Module) -> tuple[np.ndarray, np.ndarray]:

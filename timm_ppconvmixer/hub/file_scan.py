@@ -12,7 +12,14 @@ import safetensors.torch
 import torch
 
 from ..key import SCHEME, BlockKey
-from ..permutation import block_order_recovery, permutation_closeness
+from ..permutation import (
+    BlockOrderRecovery,
+    HardPermutation,
+    block_order_of,
+    block_order_recovery,
+    effective_matrix,
+    permutation_closeness,
+)
 from .errors import HubError
 from .key_patterns import (
     Finding,
@@ -70,35 +77,54 @@ def permutation_of_matrix(t: torch.Tensor) -> np.ndarray | None:
     return a.argmax(1)
 
 
-def _permutation_of_tensor(name: str, t: torch.Tensor) -> np.ndarray | None:
-    """The block order a model tensor states outright: P as an exact 0/1 permutation matrix
-    (``P[i, order[i]] = 1``), or a hardened P's gather index (``<module>.source``)."""
+def _permutation_of_tensor(name: str, t: torch.Tensor) -> torch.Tensor | None:
+    """The 0/1 matrix of a tensor that states a block order outright: P as an exact
+    permutation matrix, or a hardened P's gather index (``<module>.source``:
+    ``P[source[j], j] = 1``, as ``HardPermutation.matrix()``)."""
     if name.endswith(".source") and t.ndim == 1 and not t.is_floating_point():
-        source = t.to(torch.int64).numpy()
-        if np.array_equal(np.sort(source), np.arange(len(source))):
-            return np.argsort(source)  # P[source[j], j] = 1
+        source = t.to(torch.int64)
+        if not torch.equal(source.sort().values, torch.arange(len(source))):
+            return None
+        return HardPermutation(source, (len(source), 1)).matrix()
+    order = permutation_of_matrix(t)
+    return None if order is None else torch.eye(len(order))[torch.as_tensor(order)]
+
+
+def _key_order_share(matrix: torch.Tensor, key: BlockKey | None) -> BlockOrderRecovery | None:
+    """How much of the key's block order ``matrix`` states (it or its transpose, exact and up
+    to the grid's symmetries), or None without a key of that size."""
+    if key is None or key.num_blocks != matrix.shape[0]:
         return None
-    return permutation_of_matrix(t)
+    shares = [block_order_recovery(m, key.block_perm, key.grid_size) for m in (matrix, matrix.T)]
+    return max(shares, key=lambda r: (r.up_to_symmetry, r.exact))
+
+
+def _shares(r: BlockOrderRecovery) -> str:
+    return (
+        f"{100 * r.exact:.0f} % of this key's block order (K1) exactly, "
+        f"{100 * r.up_to_symmetry:.0f} % up to the grid's symmetries"
+    )
 
 
 def _scan_permutation_tensor(
     name: str, t: torch.Tensor, key: BlockKey | None, file: str
 ) -> tuple[bool, list[Finding]]:
-    """(is a permutation P, findings). With a key: flag P equal to the key's block order (or
-    its inverse). Without one: flag any P that is not the identity, which cannot be checked."""
-    order = _permutation_of_tensor(name, t)
-    if order is None:
+    """(is a permutation P, findings). With a key: flag P holding the key's block order (or
+    its inverse, or either up to the grid's rotations and mirrors). Without one: flag any P
+    that is not the identity, which cannot be checked."""
+    matrix = _permutation_of_tensor(name, t)
+    if matrix is None:
         return False, []
     where = f"safetensors tensor {name!r}"
-    if key is not None:
-        block = key.block_perm.numpy()
-        if len(order) == len(block) and (
-            np.array_equal(order, block) or np.array_equal(order, np.argsort(block))
-        ):
-            what = "the key's block permutation as an exact permutation matrix P"
-            return True, [Finding(file, what, where, key_derived_weights=True)]
+    share = _key_order_share(matrix, key)
+    if share is not None:
+        if share.up_to_symmetry < 1.0:
+            return True, []
+        what = f"an exact permutation P (or hardened gather) stating {_shares(share)}"
+        return True, [Finding(file, what, where, key_derived_weights=True)]
+    if key is None and torch.equal(matrix, torch.eye(len(matrix))):
         return True, []
-    if np.array_equal(order, np.arange(len(order))):
+    if key is not None:  # another size than the key's grid: not this key's block order
         return True, []
     what = "an exact (non-identity) permutation matrix P, possibly the key's block order"
     return True, [Finding(file, what, f"{where}; no key given to check", key_derived_weights=True)]
@@ -106,38 +132,66 @@ def _scan_permutation_tensor(
 
 # A learned P with more than this share of its energy on one (non-identity) permutation gets a
 # warning: it states most of its block order (about 3/n for an untrained Kaiming-uniform P).
+# With the key, so does a P whose nearest permutation states this share of the key's order.
 P_CLOSENESS_WARNING = 0.5
+# Below this many blocks, chance agreement with the key's order is too likely to warn on it.
+_MIN_BLOCKS_FOR_ORDER_WARNING = 16
+
+
+def _candidate_matrices(name: str, t: torch.Tensor, tensors: dict, model_args: dict) -> list:
+    """What a square float tensor may be, as the matrix a model uses: its values (dense P),
+    their row softmax, and the effective matrix of the P that ``config.json``'s model args
+    describe (gain, Sinkhorn at the stored step's temperature; ``effective_matrix``). A
+    tensor stored with a ``num_updates`` beside it is a Sinkhorn P's logits."""
+    values = t.detach().double()
+    found = [values, torch.softmax(values, dim=1)]
+    if name.endswith(".weight"):
+        num_updates = tensors.get(f"{name.removesuffix('.weight')}.num_updates")
+        args = dict(model_args)
+        if num_updates is not None:
+            args.setdefault("permutation_param", "sinkhorn")
+        found.append(effective_matrix(values.float(), args, num_updates).double())
+    return found
 
 
 def _closeness_warning(
-    name: str, t: torch.Tensor, key: BlockKey | None, file: str
+    name: str, t: torch.Tensor, key: BlockKey | None, file: str, candidates: list
 ) -> list[Finding]:
-    """Warn about a square float tensor close to a permutation that is not the identity, as a
-    dense P (its values) or as Sinkhorn logits (their row softmax). With the key, say how much
-    of the key's block order its largest entries state."""
-    if t.ndim != 2 or t.shape[0] != t.shape[1] or t.shape[0] < 4 or not t.is_floating_point():
-        return []
-    values = t.detach().double()
-    candidates = (values, torch.softmax(values, dim=1))
-    closeness, matrix = max(((permutation_closeness(m), m) for m in candidates), key=_first)
-    if closeness < P_CLOSENESS_WARNING:
-        return []
+    """Warn about a square float tensor whose effective matrix is close to a permutation that
+    is not the identity, or (with the key) whose nearest permutation states much of the key's
+    block order; say how much of it, exactly and up to the grid's symmetries."""
     n = t.shape[0]
-    if torch.equal(matrix.abs().argmax(1), torch.arange(n)):
+    closeness, matrix = max(((permutation_closeness(m), m) for m in candidates), key=_first)
+    shares = [r for r in (_key_order_share(m, key) for m in candidates) if r is not None]
+    share = max(shares, key=lambda r: (r.up_to_symmetry, r.exact)) if shares else None
+    states_order = (
+        share is not None
+        and n >= _MIN_BLOCKS_FOR_ORDER_WARNING
+        and share.up_to_symmetry >= P_CLOSENESS_WARNING
+    )
+    if closeness < P_CLOSENESS_WARNING and not states_order:
+        return []
+    if not states_order and torch.equal(block_order_of(matrix), torch.arange(n)):
         return []  # close to the identity: no block order in it
     what = (
-        f"a learned {n}x{n} P close to a permutation ({100 * closeness:.0f} % of its energy on "
-        "one): it states much of a block order"
+        f"a learned {n}x{n} P close to a permutation ({100 * closeness:.0f} % of its effective "
+        "matrix's energy on one): it states much of a block order"
+        if closeness >= P_CLOSENESS_WARNING
+        else f"a learned {n}x{n} P whose nearest permutation states much of a block order "
+        f"({100 * closeness:.0f} % of its effective matrix's energy on one permutation)"
     )
-    if key is not None and key.num_blocks == n:
-        share = block_order_recovery(matrix, key.block_perm)
-        what += f", {100 * share:.0f} % of this key's (K1)"
+    if share is not None:
+        what += f", {_shares(share)}"
     where = f"safetensors tensor {name!r}; see docs/permutation.md for the trade-off"
     return [Finding(file, what, where, warning=True)]
 
 
 def _first(pair: tuple) -> float:
     return pair[0]
+
+
+def _is_p_candidate(t: torch.Tensor) -> bool:
+    return t.ndim == 2 and t.shape[0] == t.shape[1] and t.shape[0] >= 4 and t.is_floating_point()
 
 
 def _tensor_values(t: torch.Tensor) -> np.ndarray | None:
@@ -151,10 +205,16 @@ def _tensor_values(t: torch.Tensor) -> np.ndarray | None:
 
 
 def _scan_safetensors(
-    header: dict, tensors: dict[str, torch.Tensor], secrets: list[Secret], key, file: str
+    header: dict,
+    tensors: dict[str, torch.Tensor],
+    secrets: list[Secret],
+    key,
+    file: str,
+    model_args: dict,
 ) -> list[Finding]:
     """Each tensor at its own dtype (floats holding integers too), byte tensors also as raw
-    encodings, the header, and every metadata string."""
+    encodings, the header, and every metadata string; square float tensors also as the
+    effective P that ``model_args`` (``config.json``'s) make of them."""
     layout = {k: v for k, v in header.items() if k != "__metadata__"}
     findings = scan_text(json.dumps(layout), secrets, file, "safetensors header: ")
     for k, v in (header.get("__metadata__") or {}).items():
@@ -162,7 +222,10 @@ def _scan_safetensors(
         findings += _scan_key_file(str(v).encode(), key, file)
     for name, t in tensors.items():
         is_perm, found = _scan_permutation_tensor(name, t, key, file)
-        findings += found if is_perm else _closeness_warning(name, t, key, file)
+        if not is_perm and _is_p_candidate(t):
+            candidates = _candidate_matrices(name, t, tensors, model_args)
+            found = _closeness_warning(name, t, key, file, candidates)
+        findings += found
         values = None if is_perm else _tensor_values(t)
         if values is None:
             continue
@@ -174,12 +237,22 @@ def _scan_safetensors(
     return findings
 
 
+def _model_args(weights: Path) -> dict:
+    """``model_args`` of the ``config.json`` beside a weights file (timm's Hub layout), or {}."""
+    try:
+        config = json.loads(weights.with_name("config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    args = config.get("model_args") if isinstance(config, dict) else None
+    return args if isinstance(args, dict) else {}
+
+
 def scan_file(path: Path, file: str, key: BlockKey | None, secrets: list[Secret]) -> list:
     data = path.read_bytes()
     findings = _scan_key_file(data, key, file)
     parsed = _read_safetensors(data)
     if parsed is not None:
-        return findings + _scan_safetensors(*parsed, secrets, key, file)
+        return findings + _scan_safetensors(*parsed, secrets, key, file, _model_args(path))
     findings += scan_raw(data, secrets, file)
     text = _utf8(data)
     if text is not None:

@@ -4,6 +4,7 @@ reload through timm and by the leak guard before it appears under its name."""
 
 from __future__ import annotations
 
+import inspect
 import os
 import sys
 from collections.abc import Mapping
@@ -18,6 +19,7 @@ from torch import nn
 from ..atomic import atomic_folder
 from ..key import BlockKey
 from ..models import PPConvMixer
+from ..permutation import MATRIX_ARGS, AdaptivePermutation
 from .errors import HubError
 from .leak_guard import assert_no_key_material
 from .model_card import model_card
@@ -37,6 +39,21 @@ CONFIG_FILE = "config.json"
 CARD_FILE = "README.md"
 
 
+def permutation_args(perm: nn.Module | None) -> dict:
+    """The P options that change what P computes (``AdaptivePermutation.matrix()``), as
+    PPConvMixer keyword arguments, where they differ from the defaults: without them a
+    Sinkhorn P would be rebuilt as a dense one and the leak guard could not judge it."""
+    if not isinstance(perm, AdaptivePermutation):
+        return {}
+    defaults = inspect.signature(AdaptivePermutation).parameters
+    args = {}
+    for model_arg, name in MATRIX_ARGS.items():
+        value = getattr(perm, name)
+        if value != defaults[name].default:
+            args[model_arg] = list(value) if isinstance(value, tuple) else value
+    return args
+
+
 def model_args_for_export(model: nn.Module) -> dict:
     """The constructor arguments timm needs, beyond the architecture name, to rebuild
     ``model`` (recorded in ``config.json``'s ``model_args``)."""
@@ -45,6 +62,7 @@ def model_args_for_export(model: nn.Module) -> dict:
         args["img_size"] = list(model.img_size)
         if model.permutation is None:
             args["permutation"] = False
+        args |= permutation_args(model.permutation)
         if model.key_fingerprint is not None:
             args["key_fingerprint"] = model.key_fingerprint
     return args
