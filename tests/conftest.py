@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterator
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -22,3 +25,44 @@ def write_image_folder(root, classes=("cat", "dog"), per_class=4, size=(40, 52),
 @pytest.fixture
 def image_folder(tmp_path):
     return write_image_folder(tmp_path / "images")
+
+
+# -- an independent look for key material (not the package's leak guard) ----------------------
+
+
+def _windows(seq: np.ndarray, width: int = 16) -> Iterator[np.ndarray]:
+    n = min(width, len(seq))
+    for start in range(len(seq) - n + 1):
+        w = seq[start : start + n]
+        if len(set(np.diff(w).tolist())) > 1:  # arithmetic runs (0, 1, 2, ...) prove nothing
+            yield w
+
+
+def key_encodings(key) -> dict[str, set[bytes]]:
+    """The key's permutations (and inverses) as text with common separators and as
+    little-endian integers and floats; the mask as a 0/1 string; the key file. Search text with
+    :func:`holds_key_material`, which also looks with all whitespace removed (indented JSON)."""
+    found: dict[str, set[bytes]] = {"key file": {key.to_json().encode()}}
+    mask = "".join("1" if b else "0" for b in key.np_mask.tolist())
+    found["np_mask"] = {mask.encode()} if len(mask) >= 32 else set()
+    for name, perm in (("block_perm", key.block_perm), ("pixel_perm", key.pixel_perm)):
+        perm = perm.numpy().astype(np.int64)
+        for label, seq in ((name, perm), (f"{name} inverse", np.argsort(perm))):
+            forms = found.setdefault(label, set())
+            for w in _windows(seq):
+                for sep in (", ", ",", " ", ";", "\n"):
+                    forms.add(sep.join(map(str, w.tolist())).encode())
+                dtypes = ["<u2", "<u4", "<u8", "<f4", "<f8"] + (["u1"] if w.max() < 256 else [])
+                forms.update(w.astype(dt).tobytes() for dt in dtypes)
+    return found
+
+
+def holds_key_material(data: bytes, key) -> list[str]:
+    """Which of :func:`key_encodings` occur in ``data``, as it is or with every whitespace
+    character removed (so JSON written with any indent is searched too)."""
+    views = (data, re.sub(rb"\s+", b"", data))
+    return sorted(
+        label
+        for label, forms in key_encodings(key).items()
+        if any(form in view for form in forms for view in views)
+    )

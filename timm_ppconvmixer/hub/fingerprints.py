@@ -72,7 +72,11 @@ def dataset_key_fingerprint(
         card = folder / "README.md"
         return fingerprint_from_card(card.read_text(encoding="utf-8")) if card.is_file() else None
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+    )
 
     from .model_folder import first_line, transport_errors
 
@@ -80,6 +84,8 @@ def dataset_key_fingerprint(
         path = hf_hub_download(
             where, "README.md", repo_type="dataset", revision=revision, token=token
         )
+    except LocalEntryNotFoundError as e:  # offline (HF_HUB_OFFLINE) and not in the cache
+        raise HubError(f"cannot read the card of dataset {where}: {first_line(e)}") from None
     except EntryNotFoundError:
         return None
     except RepositoryNotFoundError:
@@ -96,9 +102,34 @@ def _config_of(spec: str, token: str | None) -> Mapping[str, Any] | None:
     """config.json of ``hf-hub:ID[@rev]``, ``local-dir:PATH`` or a model folder, if any."""
     if spec.startswith("hf-hub:"):
         from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import (
+            EntryNotFoundError,
+            LocalEntryNotFoundError,
+            RepositoryNotFoundError,
+        )
+
+        from .model_folder import first_line, transport_errors
 
         repo, _, rev = spec[len("hf-hub:") :].partition("@")
-        path = Path(hf_hub_download(repo, "config.json", revision=rev or None, token=token))
+        try:
+            path = Path(hf_hub_download(repo, "config.json", revision=rev or None, token=token))
+        except LocalEntryNotFoundError as e:  # offline (HF_HUB_OFFLINE) and not in the cache
+            raise HubError(
+                f"cannot read config.json of model {repo} to check its key fingerprint: "
+                f"{first_line(e)}"
+            ) from None
+        except EntryNotFoundError:
+            return None  # a model without config.json records no fingerprint
+        except RepositoryNotFoundError:
+            raise HubError(
+                f"no model repository {repo} on the Hub, or no access to it; check --model and "
+                "the token (HF_TOKEN or `hf auth login`)"
+            ) from None
+        except transport_errors() as e:  # offline, unreachable, a server error
+            raise HubError(
+                f"cannot read config.json of model {repo} to check its key fingerprint: "
+                f"{first_line(e)}"
+            ) from None
     else:
         path = Path(spec.removeprefix("local-dir:")) / "config.json"
         if not path.is_file():
