@@ -43,14 +43,19 @@ def key_encodings(key) -> dict[str, set[bytes]]:
     little-endian integers and floats; the mask as a 0/1 string; the key file. Search text with
     :func:`holds_key_material`, which also looks with all whitespace removed (indented JSON)."""
     found: dict[str, set[bytes]] = {"key file": {key.to_json().encode()}}
-    mask = "".join("1" if b else "0" for b in key.np_mask.tolist())
-    found["np_mask"] = {mask.encode()} if len(mask) >= 32 else set()
+    bits = key.np_mask.numpy().astype(np.uint8)
+    mask = "".join(map(str, bits.tolist()))
+    # as a 0/1 string from 16 bits (a 28/4 grey key has 16); as bytes only where long enough
+    # not to occur by chance in binary files (one byte per bit from 32, packed from 64)
+    found["np_mask"] = {mask.encode(), ",".join(mask).encode()} if len(bits) >= 16 else set()
+    found["np_mask"] |= {bits.tobytes()} if len(bits) >= 32 else set()
+    found["np_mask"] |= {np.packbits(bits).tobytes()} if len(bits) >= 64 else set()
     for name, perm in (("block_perm", key.block_perm), ("pixel_perm", key.pixel_perm)):
         perm = perm.numpy().astype(np.int64)
         for label, seq in ((name, perm), (f"{name} inverse", np.argsort(perm))):
             forms = found.setdefault(label, set())
             for w in _windows(seq):
-                for sep in (", ", ",", " ", ";", "\n"):
+                for sep in (", ", ",", " ", ";", "\n", "\n- ", "-"):  # "-": YAML lists, stripped
                     forms.add(sep.join(map(str, w.tolist())).encode())
                 dtypes = ["<u2", "<u4", "<u8", "<f4", "<f8"] + (["u1"] if w.max() < 256 else [])
                 forms.update(w.astype(dt).tobytes() for dt in dtypes)

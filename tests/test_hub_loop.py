@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import key_encodings, write_image_folder
+from conftest import holds_key_material, key_encodings, write_image_folder
 from local_hub import LocalHub, make_ref
 
 import timm_ppconvmixer  # noqa: F401  (registers the models with timm)
@@ -138,6 +139,7 @@ def stored_key_material(root: Path, key: BlockKey) -> list[str]:
     ):
         data = path.read_bytes()
         views = [data] + ([decoded_parquet(data)] if data[:4] == b"PAR1" else [])
+        views.append(re.sub(rb"\s+", b"", data))  # indented JSON, YAML
         for label, forms in encodings.items():
             if any(form in view for view in views for form in forms):
                 hits.append(f"{path.relative_to(root)}: {label}")
@@ -191,8 +193,7 @@ def test_dataset_card_metadata_body_and_fingerprint(tmp_path: Path):
 
 
 def stored_key_material_in(path: Path, key: BlockKey) -> list[str]:
-    data = path.read_bytes()
-    return [label for label, forms in key_encodings(key).items() if any(f in data for f in forms)]
+    return holds_key_material(path.read_bytes(), key)
 
 
 def test_fingerprint_checks_refuse_mismatch_and_missing_fingerprints():
