@@ -42,9 +42,16 @@ def model_args_for_export(model: nn.Module) -> dict:
     ``model`` (recorded in ``config.json``'s ``model_args``)."""
     args = {"in_chans": model.in_chans, "num_classes": model.num_classes}
     if isinstance(model, PPConvMixer):
-        args["img_size"] = list(model.img_size)
-        if model.permutation is None:
-            args["permutation"] = False
+        # the architecture itself too: a converted model was not built by timm's factory, and
+        # a shallower or narrower variant must not rebuild as the registered default
+        args.update(
+            dim=model.num_features,
+            depth=len(model.blocks),
+            kernel_size=model.blocks[0][0].fn[0].kernel_size[0],
+            patch_size=model.patch_size,
+            img_size=list(model.img_size),
+            permutation=model.permutation is not None,
+        )
         if model.key_fingerprint is not None:
             args["key_fingerprint"] = model.key_fingerprint
     return args
