@@ -281,6 +281,16 @@ def test_saved_folder_reloads_with_local_dir_without_the_key(keys, plain_files, 
     assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in model.state_dict().items())
 
 
+def test_a_model_trained_from_the_random_architecture_reloads_without_a_key(tmp_path):
+    """Its cfg is the architecture's default, the key-bound tag's (as timm's convmixer_*
+    default to .in1k), but a saved folder holds its own weights: local-dir needs no key."""
+    model = timm.create_model("ppconvmixer_768_32", img_size=56, num_classes=4, **SHALLOW)
+    folder = save_model_folder(model, tmp_path / "scratch")
+    assert json.loads((folder / "config.json").read_text())["pretrained_cfg"]["tag"] == "in1k"
+    loaded = timm.create_model(f"local-dir:{folder}", pretrained=True)
+    assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in model.state_dict().items())
+
+
 @pytest.mark.slow
 def test_full_size_tag_equals_timms_own_loader_then_encrypt_model(keys, tmp_path):
     """The issue's identity verbatim, at full size: timm's own convmixer_768_32.in1k entry."""
