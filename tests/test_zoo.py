@@ -27,6 +27,7 @@ import safetensors.torch
 import timm
 import torch
 from local_hub import LocalHub, make_ref
+from PIL import Image
 from timm.models import get_pretrained_cfg, save_for_hf
 from timm.models.convmixer import ConvMixer
 from torch import nn
@@ -409,3 +410,86 @@ def test_cli_converts_timms_tag_and_the_folder_loads_with_local_dir(keys, tmp_pa
     assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in expected.items())
     assert loaded.key_fingerprint == keys[7].fingerprint
     assert timm_ppconvmixer.__version__  # the plugin registered the architecture it names
+
+
+# -- fine-tuning with timm's train.py, then pushing its checkpoint ---------------------------------
+
+TRAIN_PY = os.environ.get("TIMM_TRAIN_PY", "")
+# Flags that keep timm's augmentation from breaking the block grid (recipes/timm_train.md).
+KEY_FREE_FLAGS = ["--no-aug", "--reprob", "0", "--mixup", "0", "--cutmix", "0", "--crop-pct", "1.0"]
+
+PUSH_AND_PULL = """
+import json, sys, timm, torch
+import timm_ppconvmixer
+from timm_ppconvmixer.cli import main
+ckpt, key, ema = sys.argv[1:4]
+flags = ["--ema"] if ema == "1" else []
+code = main(["push", ckpt, "tester/ft", "--key", key, *flags])
+model = timm.create_model("hf-hub:tester/ft", pretrained=True)
+torch.save(model.state_dict(), sys.argv[4])
+print("RESULT", json.dumps({"code": code, "fingerprint": model.key_fingerprint,
+                            "num_classes": model.num_classes}))
+"""
+
+
+def encrypted_folder(root: Path, key: BlockKey, per_class: int = 4) -> Path:
+    gen = np.random.default_rng(0)
+    for split in ("train", "validation"):
+        for cls in (0, 1):
+            folder = root / split / f"class{cls}"
+            folder.mkdir(parents=True)
+            for i in range(per_class):
+                plain = gen.integers(0, 256, (*key.image_size, 3), dtype=np.uint8)
+                encrypt(Image.fromarray(plain, "RGB"), key).save(folder / f"{i}.png")
+    return root
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.isfile(TRAIN_PY), reason="set TIMM_TRAIN_PY to timm's train.py")
+def test_train_py_fine_tunes_the_key_bound_tag_and_push_takes_its_checkpoint(plain_files, tmp_path):
+    """timm's train.py fine-tunes ppconvmixer_768_32.in1k (shallow, 56x56) on encrypted images
+    with a new number of classes (key= through --model-kwargs, the plain weights through
+    --pretrained-path); `ppconvmixer push` takes last.pth.tar and its EMA weights."""
+    tag = "ppconvmixer_768_32.in1k"
+    key = BlockKey.generate(56, 7, seed=11)
+    key_file = key.save(tmp_path / "owner.key")
+    data = encrypted_folder(tmp_path / "data", key)
+    out = tmp_path / "out"
+    cmd = [
+        sys.executable, TRAIN_PY, "--data-dir", str(data), "--device-modules", "timm_ppconvmixer",
+        "--model", tag, "--pretrained", "--pretrained-path", str(plain_files[tag]),
+        "--model-kwargs", f"key={key_file}", "dim=32", "depth=2", "img_size=56",
+        "--num-classes", "2", "--input-size", "3", "56", "56", "--model-ema",
+        "--device", "cpu", "--no-prefetcher", "--workers", "0", "--epochs", "1",
+        "--batch-size", "8", "--validation-batch-size", "8", "--opt", "sgd", "--lr", "1e-7",
+        "--weight-decay", "0", "--sched", "cosine", "--warmup-epochs", "0", "--smoothing", "0",
+        "--seed", "0", "--output", str(out), "--experiment", "run", "--checkpoint-hist", "1",
+        *KEY_FREE_FLAGS,
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    last = out / "run" / "last.pth.tar"
+    ckpt = torch.load(last, map_location="cpu", weights_only=False)
+    assert ckpt["state_dict"]["head.weight"].shape == (2, 32)  # the new head
+    start = key_bound(tag, key, plain_files[tag], img_size=56).state_dict()
+    for name in ("stem.0.weight", "stem.3.weight", "blocks.1.1.weight"):  # a tiny lr: still there
+        torch.testing.assert_close(ckpt["state_dict"][name], start[name], rtol=0, atol=1e-4)
+    assert str(key.pixel_perm.tolist()[:8])[1:-1] not in (out / "run" / "args.yaml").read_text()
+    with LocalHub(tmp_path / "hub") as hub:
+        home = tmp_path / "client" / "hf"
+        home.mkdir(parents=True)
+        for ema, which in (("0", "state_dict"), ("1", "state_dict_ema")):
+            pulled = tmp_path / f"pulled{ema}.pth"
+            push = run_client(hub, home, PUSH_AND_PULL, False, str(last), str(key_file), ema,
+                              str(pulled))  # fmt: skip
+            assert push.returncode == 0, push.stdout + push.stderr
+            # the leak guard ran against the key: fine-tuned, P is no longer exactly the key's
+            # block order, so it warns (docs/hub.md) rather than refuses
+            assert "P close to a permutation" in push.stdout + push.stderr
+            result = json.loads(push.stdout.split("RESULT ")[-1])
+            assert result == {"code": 0, "fingerprint": key.fingerprint, "num_classes": 2}
+            got = torch.load(pulled)
+            assert all(torch.equal(v, got[k]) for k, v in ckpt[which].items()), which
+        shared = sorted(p.name for p in (tmp_path / "hub").rglob("*") if p.is_file())
+    assert not any(n.endswith((".pth.tar", ".yaml")) for n in shared)  # no optimizer, no args

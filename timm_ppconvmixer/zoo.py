@@ -140,6 +140,8 @@ def load_key_bound(
         raise KeyBoundError(f"{tag}: the converted block order needs the dense P (the default)")
     plain_arch, plain_name = KEY_BOUND_TAGS[tag].split(".", 1)
     source = {f: getattr(cfg, f) for f in _SOURCE_FIELDS if getattr(cfg, f)}
+    if "num_classes" in (pretrained_cfg_overlay or {}):  # train.py's -1: a new head, as timm's
+        source["num_classes"] = pretrained_cfg_overlay["num_classes"]
     plain = build_model_with_cfg(  # what timm's convmixer_* entry points do, our options kept out
         ConvMixer,
         plain_arch,
