@@ -493,3 +493,43 @@ def test_train_py_fine_tunes_the_key_bound_tag_and_push_takes_its_checkpoint(pla
             assert all(torch.equal(v, got[k]) for k, v in ckpt[which].items()), which
         shared = sorted(p.name for p in (tmp_path / "hub").rglob("*") if p.is_file())
     assert not any(n.endswith((".pth.tar", ".yaml")) for n in shared)  # no optimizer, no args
+
+
+@pytest.mark.slow
+def test_the_recipe_fine_tunes_the_key_bound_tag_under_data_key(plain_files, tmp_path):
+    """recipes/train.py with model.pretrained=ppconvmixer_768_32.in1k: the key-bound tag is
+    converted under data.key at load, fine-tuned with a new number of classes on images the
+    recipe encrypts with that key, and exported with the key's fingerprint only."""
+    tag = "ppconvmixer_768_32.in1k"
+    key = BlockKey.generate(56, 7, seed=13)
+    key_file = key.save(tmp_path / "owner.key")
+    gen = np.random.default_rng(1)
+    for split in ("train", "validation"):
+        for cls in (0, 1):
+            folder = tmp_path / "images" / split / f"class{cls}"
+            folder.mkdir(parents=True)
+            for i in range(4):
+                plain = gen.integers(0, 256, (56, 56, 3), dtype=np.uint8)
+                Image.fromarray(plain, "RGB").save(folder / f"{i}.png")
+    kwargs = "{dim: 32, depth: 2, img_size: 56, num_classes: 2, pretrained_cfg_overlay: {file: %s}}"
+    out = tmp_path / "run"
+    cmd = [
+        sys.executable, str(REPO_ROOT / "recipes" / "train.py"), "model.name=ppconvmixer_768_32",
+        f"model.pretrained={tag}", f"model.kwargs={kwargs % plain_files[tag]}",
+        "data.source=imagefolder", f"data.name={tmp_path / 'images'}", f"data.key={key_file}",
+        "data.train_split=train", "data.val_split=validation", "data.num_workers=0",
+        "train.cpu=true", "train.batch_size=4", "train.max_steps=2", "augment.mixup=0",
+        "augment.cutmix=0", f"output={out}",
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    final = json.loads((out / "final_metrics.json").read_text())
+    assert final["key_fingerprint"] == key.fingerprint
+    model = timm.create_model(f"local-dir:{out / 'model'}", pretrained=True)
+    assert model.num_classes == 2 and model.key_fingerprint == key.fingerprint
+    for path in [*(out / "model").iterdir(), out / "final_metrics.json"]:
+        findings = scan_for_key_material([path], key)
+        # only P states the block order (the converted start, fine-tuned: a warning)
+        assert all(f.file == "model.safetensors" and f.warning for f in findings), findings
+        assert independent_leak_search(path, key) == [], path
