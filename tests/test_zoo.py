@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import importlib
 import json
 import logging
 import os
@@ -26,6 +27,7 @@ import pytest
 import safetensors.torch
 import timm
 import torch
+import yaml
 from local_hub import LocalHub, make_ref
 from PIL import Image
 from timm.models import get_pretrained_cfg, save_for_hf
@@ -533,3 +535,31 @@ def test_the_recipe_fine_tunes_the_key_bound_tag_under_data_key(plain_files, tmp
         # only P states the block order (the converted start, fine-tuned: a warning)
         assert all(f.file == "model.safetensors" and f.warning for f in findings), findings
         assert independent_leak_search(path, key) == [], path
+
+
+# -- the zoo manifest ----------------------------------------------------------------------------
+
+
+def test_the_manifest_lists_every_key_bound_tag_as_converted_on_the_users_machine(tmp_path, capsys):
+    publish = importlib.import_module("hub.publish")
+    entries = publish.load_manifest(REPO_ROOT / "hub" / "zoo.yaml")
+    bound = {e.name: e.converts for e in entries if e.key_bound}
+    assert bound == KEY_BOUND_TAGS
+    assert all(e.weights is None and e.repo_id is None for e in entries if e.key_bound)
+    manifest = tmp_path / "zoo.yaml"
+    tag = "ppconvmixer_768_32.in1k"
+    entry = {"name": tag, "kind": "key-bound", "converts": KEY_BOUND_TAGS[tag]}
+    for bad, message in (
+        ({"weights": "w"}, "publishes nothing"),  # nothing key-derived is ever uploaded
+        ({"converts": "convmixer_1536_20.in1k"}, "not a registered key-bound tag"),
+    ):
+        manifest.write_text(yaml.safe_dump({"version": 1, "models": [{**entry, **bad}]}))
+        with pytest.raises(publish.ManifestError, match=message):
+            publish.load_manifest(manifest)
+    manifest.write_text(yaml.safe_dump({"version": 1, "models": [entry]}))
+    assert publish.main(["--manifest", str(manifest), "--out", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert "converted on the user's machine" in out and "0 ready, 0 not ready, 1 key-bound" in out
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+    assert publish.main(["--manifest", str(manifest), "--push"]) == 0  # uploads nothing
+    assert "pushed 0 model(s)" in capsys.readouterr().out
