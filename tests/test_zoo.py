@@ -563,3 +563,27 @@ def test_the_manifest_lists_every_key_bound_tag_as_converted_on_the_users_machin
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
     assert publish.main(["--manifest", str(manifest), "--push"]) == 0  # uploads nothing
     assert "pushed 0 model(s)" in capsys.readouterr().out
+
+
+def test_timms_eval_preparation_then_encryption_gives_the_plain_models_logits(keys, plain_files):
+    """The published accuracy carries over: create_transform(key, crop_pct=0.96) prepares an
+    image exactly as timm's eval transform does (resize 233 bicubic, centre crop 224) before it
+    encrypts, and the key-bound model's logits on it are the plain model's on timm's."""
+    from timm_ppconvmixer import decrypt
+    from timm_ppconvmixer.transforms import create_transform
+
+    tag = "ppconvmixer_768_32.in1k"
+    key = keys[7]
+    model = key_bound(tag, key, plain_files[tag]).eval()
+    plain = reference(tag, plain_files[tag])
+    yy, xx = np.mgrid[0:260, 0:300]  # gradients and a checkerboard: every crop differs
+    pixels = np.stack([xx * 255 / 299, yy * 255 / 259, (xx // 20 + yy // 20) % 2 * 255], -1)
+    image = Image.fromarray(pixels.astype(np.uint8), "RGB")
+    cfg = timm.data.resolve_data_config(model=plain)
+    unit = dict(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))  # [0, 1] pixels, to compare
+    prepared = decrypt(create_transform(key, crop_pct=0.96, **unit)(image), key)
+    torch.testing.assert_close(prepared, timm.data.create_transform(**{**cfg, **unit})(image))
+    with torch.no_grad():
+        expected = plain(timm.data.create_transform(**cfg)(image).unsqueeze(0))
+        got = model(create_transform(key, crop_pct=0.96)(image).unsqueeze(0))
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
