@@ -19,11 +19,15 @@ fi
 suite="$workdir/suite-$version"
 rm -rf "$suite" && mkdir -p "$suite" && cp -r "$src/tests" "$suite/"
 cp "$src/pyproject.toml" "$suite/"  # timm's pytest markers
-count=$(cd "$suite" && "$python" -m pytest -p timm_ppconvmixer tests/test_models.py -k ppconvmixer \
+# timm's test_model_load_pretrained creates every pretrained tag with pretrained=True and no
+# other arguments: the key-bound tags (ppconvmixer_*.in1k) refuse that by design (they need the
+# user's key= and timm's plain weights from the network); tests/test_zoo.py loads them offline.
+select="ppconvmixer and not (test_model_load_pretrained and in1k)"
+count=$(cd "$suite" && "$python" -m pytest -p timm_ppconvmixer tests/test_models.py -k "$select" \
     --collect-only -q -p no:cacheprovider 2>/dev/null | grep -c '::' || true)
 if [ "$count" -lt 30 ]; then
     echo "timm's model suite selected only $count ppconvmixer tests; expected at least 30" >&2
     exit 1
 fi
-cd "$suite" && "$python" -m pytest -p timm_ppconvmixer tests/test_models.py -k ppconvmixer \
+cd "$suite" && "$python" -m pytest -p timm_ppconvmixer tests/test_models.py -k "$select" \
     -q -p no:cacheprovider
