@@ -5,6 +5,11 @@
     python -m hub.publish --only NAME --push     # upload some entries
     python hub/publish.py --manifest other.yaml  # the same, as a script
 
+Entries of ``kind: key-bound`` (the tags ``ppconvmixer_*.in1k``) have no weights to publish:
+they are timm's own plain weights, converted on the user's machine under the user's key at
+load (``timm_ppconvmixer/zoo.py``). The publisher checks them against the registry and lists
+them as such; nothing key-derived is ever uploaded for them.
+
 For each entry the dry run loads the weights, exports them exactly as they would be uploaded
 (``model.safetensors``, ``config.json``, ``README.md`` model card), runs the leak guard, and
 shows the files with their sizes, the guard's result and the start of the card. An entry that
@@ -38,6 +43,7 @@ from timm_ppconvmixer.hub import (
     upload_model_folder,
 )
 from timm_ppconvmixer.key import BlockKey
+from timm_ppconvmixer.zoo import KEY_BOUND_TAGS
 
 DEFAULT_MANIFEST = Path(__file__).with_name("zoo.yaml")
 ENTRY_FIELDS = {
@@ -53,8 +59,14 @@ ENTRY_FIELDS = {
     "private",
     "revision",
     "allow_key_derived_weights",
+    "kind",
+    "converts",
+    "published_accuracy",
 }
 REQUIRED_FIELDS = ("name", "repo_id", "weights")
+KEY_BOUND = "key-bound"
+# what a key-bound entry states: the tag, timm's plain weights it converts, timm's numbers
+KEY_BOUND_FIELDS = {"name", "kind", "converts", "published_accuracy", "license", "private"}
 
 
 class ManifestError(ValueError):
@@ -70,8 +82,8 @@ class Entry:
     """One model of the zoo, with paths resolved against the manifest's ``root``."""
 
     name: str
-    repo_id: str
-    weights: Path
+    repo_id: str | None
+    weights: Path | None
     recipe: Path | None = None
     dataset: str | dict | None = None
     key_fingerprint: str | None = None
@@ -81,6 +93,13 @@ class Entry:
     private: bool = False
     revision: str | None = None
     allow_key_derived_weights: bool = False
+    kind: str = "weights"
+    converts: str | None = None
+    published_accuracy: dict | None = None
+
+    @property
+    def key_bound(self) -> bool:
+        return self.kind == KEY_BOUND
 
     @classmethod
     def from_mapping(cls, raw: Mapping[str, Any], root: Path, defaults: Mapping) -> Entry:
@@ -90,6 +109,10 @@ class Entry:
         unknown = sorted(set(data) - ENTRY_FIELDS)
         if unknown:
             raise ManifestError(f"{where}: unknown field(s) {', '.join(unknown)}")
+        if data.get("kind", "weights") == KEY_BOUND:
+            return cls._key_bound(data, where)
+        if data.get("kind", "weights") != "weights":
+            raise ManifestError(f"{where}: kind must be 'weights' (default) or '{KEY_BOUND}'")
         missing = [k for k in REQUIRED_FIELDS if not data.get(k)]
         if missing:
             raise ManifestError(f"{where}: missing {', '.join(missing)}")
@@ -111,6 +134,31 @@ class Entry:
             private=bool(data.get("private", False)),
             revision=data.get("revision"),
             allow_key_derived_weights=bool(data.get("allow_key_derived_weights", False)),
+        )
+
+    @classmethod
+    def _key_bound(cls, data: Mapping[str, Any], where: str) -> Entry:
+        """A key-bound tag: checked against the registry; no weights, key or repo of ours."""
+        extra = sorted(set(data) - KEY_BOUND_FIELDS)
+        if extra:
+            raise ManifestError(
+                f"{where}: a key-bound entry publishes nothing (the user's machine converts "
+                f"timm's weights under the user's key): remove {', '.join(extra)}"
+            )
+        name = str(data.get("name"))
+        if KEY_BOUND_TAGS.get(name) is None or data.get("converts") != KEY_BOUND_TAGS[name]:
+            raise ManifestError(
+                f"{where}: not a registered key-bound tag converting {data.get('converts')!r}; "
+                f"registered: {', '.join(f'{k} <- {v}' for k, v in KEY_BOUND_TAGS.items())}"
+            )
+        return cls(
+            name=name,
+            repo_id=None,
+            weights=None,
+            license=str(data.get("license", "apache-2.0")),
+            kind=KEY_BOUND,
+            converts=str(data["converts"]),
+            published_accuracy=data.get("published_accuracy"),
         )
 
 
@@ -301,9 +349,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def describe_key_bound(entry: Entry) -> str:
+    """What a key-bound entry is: converted on the user's machine, never uploaded."""
+    lines = [
+        f"  converted on the user's machine: timm's plain {entry.converts} weights (timm's own "
+        "loader), exactly, under the user's own key at load; nothing is uploaded",
+        f'  load: timm.create_model("{entry.name}", pretrained=True, key="owner.key")',
+    ]
+    acc = entry.published_accuracy or {}
+    if acc:
+        shown = ", ".join(f"{k} {v}" for k, v in acc.items() if k != "source")
+        lines.append(
+            f"  accuracy (timm's, of the plain weights; the same by the identity): {shown}"
+        )
+        if acc.get("source"):
+            lines.append(f"    source: {acc['source']}")
+    return "\n".join(lines)
+
+
 def _prepare_all(entries: list[Entry], out: Path, args) -> tuple[list[Prepared], int]:
     ready, not_ready = [], 0
     for i, entry in enumerate(entries, 1):
+        if entry.key_bound:
+            print(f"[{i}/{len(entries)}] {entry.name} (key-bound)", flush=True)
+            print(describe_key_bound(entry))
+            continue
         print(f"[{i}/{len(entries)}] {entry.name} -> {entry.repo_id}", flush=True)
         try:
             prepared = prepare(entry, out, for_push=args.push)
@@ -333,9 +403,15 @@ def _push_all(ready: list[Prepared], token: str | None) -> None:
 def run(args: argparse.Namespace, out: Path) -> int:
     entries = _select(load_manifest(args.manifest), args.only)
     ready, not_ready = _prepare_all(entries, out, args)
+    key_bound = sum(e.key_bound for e in entries)
+    converted = (
+        f", {key_bound} key-bound (converted on the user's machine, never uploaded)"
+        if key_bound
+        else ""
+    )
     if not args.push:
         print(
-            f"dry run: nothing uploaded; {len(ready)} ready, {not_ready} not ready. "
+            f"dry run: nothing uploaded; {len(ready)} ready, {not_ready} not ready{converted}. "
             "Run with --push to upload."
         )
         return 0
@@ -347,7 +423,7 @@ def run(args: argparse.Namespace, out: Path) -> int:
         )
         return 1
     _push_all(ready, args.token)
-    print(f"pushed {len(ready)} model(s)")
+    print(f"pushed {len(ready)} model(s){converted.replace('never', 'not')}")
     return 0
 
 

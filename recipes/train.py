@@ -43,7 +43,13 @@ from ppcm_recipe.checkpoints import (
     write_config,
 )
 from ppcm_recipe.config import ConfigError, load_config
-from ppcm_recipe.data import SeededTransformDataset, load_split, steps_per_epoch, train_transform
+from ppcm_recipe.data import (
+    SeededTransformDataset,
+    data_fingerprint,
+    load_split,
+    steps_per_epoch,
+    train_transform,
+)
 from ppcm_recipe.evaluate import evaluate_all, permutation_recovery, plot_permutation
 from ppcm_recipe.loop import TrainingRun, train
 from ppcm_recipe.metrics import MetricsLog, write_sync_record
@@ -88,6 +94,7 @@ def main(argv: list[str] | None = None) -> dict:
     key = load_key(cfg, model, input_size)
     if key is not None and hasattr(model, "key_fingerprint"):
         model.key_fingerprint = key.fingerprint
+    fingerprint = data_fingerprint(cfg, key)  # a hub: dataset's card's, without a key
     lam = tr["penalty_weight"]
     lam = lam if lam is not None else getattr(model, "penalty_weight", 0.0)
 
@@ -106,7 +113,7 @@ def main(argv: list[str] | None = None) -> dict:
     mixup = build_mixup(cfg, model, encrypted_domain=key is not None or cfg["data"]["encrypted"])
     model, optimizer = accelerator.prepare(model, optimizer)
     ema = ModelEmaV3(accelerator.unwrap_model(model), decay=tr["ema_decay"]) if tr["ema"] else None
-    state = TrainState(key.fingerprint if key is not None else None)
+    state = TrainState(fingerprint)
     accelerator.register_for_checkpointing(scheduler, state)
     if ema is not None:
         accelerator.register_for_checkpointing(ema)
@@ -119,7 +126,7 @@ def main(argv: list[str] | None = None) -> dict:
         accelerator.load_state(str(resume))
         if state.key_fingerprint != expected:
             raise ConfigError(
-                f"{resume} was trained for key {state.key_fingerprint}, but data.key is "
+                f"{resume} was trained for key {state.key_fingerprint}, but the data is for "
                 f"{expected}; use another output folder for another key"
             )
         log.truncate_after(state.global_step)
@@ -154,10 +161,14 @@ def main(argv: list[str] | None = None) -> dict:
         evaluate=evaluate,
     )
     started = train(run)
-    return finish(cfg, accelerator, model, ema, evaluate, key, mean, std, out, lam, started)
+    return finish(
+        cfg, accelerator, model, ema, evaluate, key, fingerprint, mean, std, out, lam, started
+    )
 
 
-def finish(cfg, accelerator, model, ema, evaluate, key, mean, std, out, lam, started) -> dict:
+def finish(
+    cfg, accelerator, model, ema, evaluate, key, fingerprint, mean, std, out, lam, started
+) -> dict:
     """Final owner-side evaluation, the shareable model folder, and the summary."""
     from timm_ppconvmixer.hub import save_model_folder
 
@@ -174,7 +185,7 @@ def finish(cfg, accelerator, model, ema, evaluate, key, mean, std, out, lam, sta
             "penalty_weight": lam,
             "train_time_s": round(time.time() - started, 1),
             "eval": evaluate(final),
-            "key_fingerprint": key.fingerprint if key is not None else None,
+            "key_fingerprint": fingerprint,  # data.key's, or the hub: dataset card's
         }
         if key is not None:
             result["permutation_recovery"] = permutation_recovery(final, key)

@@ -622,6 +622,8 @@ def test_streaming_and_the_recipe_train_from_the_hub(hub: LocalHub, tmp_path: Pa
     run([*recipe, kwargs % key.fingerprint, f"output={tmp_path / 'recipe'}"], env, tmp_path)
     config = json.loads((tmp_path / "recipe" / "model" / "config.json").read_text())
     assert config["model_args"]["key_fingerprint"] == key.fingerprint
+    final = json.loads((tmp_path / "recipe" / "final_metrics.json").read_text())
+    assert final["key_fingerprint"] == key.fingerprint  # the dataset card's: no key here
     proc = run(
         [*recipe, kwargs % "ppcm1-0000", f"output={tmp_path / 'recipe2'}"], env, tmp_path, ok=False
     )

@@ -1,13 +1,16 @@
 """timm-ppconvmixer: privacy-preserving image classification with block-wise encrypted images
 and ConvMixer with an adaptive permutation matrix (Qi, MaungMaung and Kiya, 2022).
 
-Importing the package registers the ``ppconvmixer_*`` models with timm.
+Importing the package registers the ``ppconvmixer_*`` models with timm, among them the
+key-bound tags (``timm.create_model("ppconvmixer_768_32.in1k", pretrained=True, key=KEY)``:
+timm's ImageNet weights converted under your key at load, :mod:`.zoo`).
 """
 
 from .cipher import CipherInputError, decrypt, encrypt
 from .key import BlockKey, InvalidKeyError
-from .models import PPConvMixer, convmixer_num_params, ppconvmixer_num_params
+from .models import KeyBoundError, PPConvMixer, convmixer_num_params, ppconvmixer_num_params
 from .permutation import AdaptivePermutation, HardPermutation, permutation_penalty
+from .zoo import KEY_BOUND_TAGS
 
 __version__ = "0.1.0"
 
@@ -17,6 +20,8 @@ __all__ = [
     "CipherInputError",
     "HardPermutation",
     "InvalidKeyError",
+    "KEY_BOUND_TAGS",
+    "KeyBoundError",
     "PPConvMixer",
     "convmixer_num_params",
     "decrypt",

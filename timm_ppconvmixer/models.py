@@ -1,6 +1,7 @@
 """The registered ``ppconvmixer_*`` models, their pretrained cfgs, and the parameter counts of
 Eq. (3) and Eq. (4) (paper Sec. III-B, Fig. 1). The model class is
-:class:`~timm_ppconvmixer.pp_convmixer.PPConvMixer` (re-exported here).
+:class:`~timm_ppconvmixer.pp_convmixer.PPConvMixer` (re-exported here). The twins of timm's
+ImageNet ConvMixers, with their key-bound pretrained tags, are registered in :mod:`.zoo`.
 """
 
 from __future__ import annotations
@@ -11,13 +12,17 @@ import math
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import to_2tuple
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
-from torch import nn
 
 from .permutation import AdaptivePermutation
 from .pp_convmixer import PPConvMixer
 from .pretrained import DEMO_WEIGHTS
 
-__all__ = ["PPConvMixer", "convmixer_num_params", "ppconvmixer_num_params"]
+__all__ = ["KeyBoundError", "PPConvMixer", "convmixer_num_params", "ppconvmixer_num_params"]
+
+
+class KeyBoundError(ValueError):
+    """A key-bound tag (:mod:`timm_ppconvmixer.zoo`) was loaded without a key or with a key that
+    does not fit it, or ``key=`` was given to a model that takes none."""
 
 
 def convmixer_num_params(
@@ -78,6 +83,12 @@ def _check_permutation_size(state_dict: dict, model: PPConvMixer) -> dict:
 def _create_ppconvmixer(variant: str, pretrained: bool = False, **kwargs) -> PPConvMixer:
     # timm records img_size / in_chans as model traits, so resolve_model_data_config(model)
     # gives the size the model was built for; the source cfg itself is left as timm keeps it.
+    if "key" in kwargs:  # a secret: never let it reach the model, its cfg or its args
+        raise KeyBoundError(
+            f"{variant}: key= is taken only with pretrained=True by the key-bound tags, which "
+            "convert timm's plain weights under your key (timm.list_pretrained('ppconvmixer*'), "
+            "e.g. ppconvmixer_768_32.in1k); encrypt the data with the key instead"
+        )
     out_indices = kwargs.pop("out_indices", 3)
     model = build_model_with_cfg(
         PPConvMixer,
@@ -120,9 +131,6 @@ _SHIPPED_WEIGHTS = {"ppconvmixer_256_8_fmnist.demo": DEMO_WEIGHTS}
 default_cfgs = generate_default_cfgs(
     {
         "ppconvmixer_512_16": _cfg(pool_size=(14, 14)),
-        "ppconvmixer_768_32": _cfg(pool_size=(32, 32)),
-        "ppconvmixer_1024_20_ks9_p14": _cfg(pool_size=(16, 16)),
-        "ppconvmixer_1536_20": _cfg(pool_size=(32, 32)),
         "ppconvmixer_256_8": _cfg(input_size=(3, 32, 32), pool_size=(8, 8)),
         # Fashion-MNIST 28x28, 1 channel, block 4, encrypted with the PUBLIC demo key
         # (timm_ppconvmixer.pretrained.demo_key()); trained by hub/train_demo_model.py. Its own
@@ -153,28 +161,6 @@ def ppconvmixer_512_16(pretrained: bool = False, **kwargs) -> PPConvMixer:
     """The paper's model: h=512, depth 16, kernel 9, block/patch 16, 224x224 (Table I)."""
     args = _args(dict(dim=512, depth=16, kernel_size=9, patch_size=16), kwargs)
     return _create_ppconvmixer("ppconvmixer_512_16", pretrained, **args)
-
-
-@register_model
-def ppconvmixer_768_32(pretrained: bool = False, **kwargs) -> PPConvMixer:
-    """timm's convmixer_768_32 (ReLU, kernel 7, patch 7) with P; 224x224."""
-    defaults = dict(dim=768, depth=32, kernel_size=7, patch_size=7, act_layer=nn.ReLU)
-    args = _args(defaults, kwargs)
-    return _create_ppconvmixer("ppconvmixer_768_32", pretrained, **args)
-
-
-@register_model
-def ppconvmixer_1024_20_ks9_p14(pretrained: bool = False, **kwargs) -> PPConvMixer:
-    """timm's convmixer_1024_20_ks9_p14 with P; 224x224."""
-    args = _args(dict(dim=1024, depth=20, kernel_size=9, patch_size=14), kwargs)
-    return _create_ppconvmixer("ppconvmixer_1024_20_ks9_p14", pretrained, **args)
-
-
-@register_model
-def ppconvmixer_1536_20(pretrained: bool = False, **kwargs) -> PPConvMixer:
-    """timm's convmixer_1536_20 with P; 224x224."""
-    args = _args(dict(dim=1536, depth=20, kernel_size=9, patch_size=7), kwargs)
-    return _create_ppconvmixer("ppconvmixer_1536_20", pretrained, **args)
 
 
 @register_model

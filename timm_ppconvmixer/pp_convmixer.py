@@ -60,6 +60,7 @@ class PPConvMixer(ConvMixer):
         "permutation",
         "permutation_index",
         "penalty_weight",
+        "_model_args",
     ]  # Python-side helpers, not part of forward
 
     def __init__(
@@ -130,6 +131,16 @@ class PPConvMixer(ConvMixer):
                     dtype=dtype,
                 )
             )
+
+    @property
+    def _model_args(self) -> dict:
+        """The keyword arguments timm's ``create_model`` recorded (``config.json``'s
+        ``model_args`` on export), less ``key``: a key-bound tag's secret is never kept."""
+        return self.__dict__.get("_recorded_model_args", {})
+
+    @_model_args.setter
+    def _model_args(self, args: dict) -> None:
+        self.__dict__["_recorded_model_args"] = {k: v for k, v in args.items() if k != "key"}
 
     @property
     def permutation_index(self) -> int | None:

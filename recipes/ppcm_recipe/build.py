@@ -10,15 +10,18 @@ from timm.scheduler import create_scheduler_v2
 from timm.utils import distribute_bn
 
 from timm_ppconvmixer import BlockKey
+from timm_ppconvmixer.zoo import is_key_bound
 
 from .config import ConfigError
 
 
 def build_model(cfg: dict):
     spec = cfg["model"]["pretrained"] or cfg["model"]["name"]
-    model = timm.create_model(
-        spec, pretrained=bool(cfg["model"]["pretrained"]), **cfg["model"]["kwargs"]
-    )
+    kwargs = dict(cfg["model"]["kwargs"])
+    if cfg["model"]["pretrained"] and is_key_bound(spec) and cfg["data"]["key"]:
+        # timm's plain weights, converted under the data's key at load (docs/zoo.md)
+        kwargs.setdefault("key", cfg["data"]["key"])
+    model = timm.create_model(spec, pretrained=bool(cfg["model"]["pretrained"]), **kwargs)
     if hasattr(model, "set_implicit_penalty"):
         model.set_implicit_penalty(False)  # the loss below adds lambda * L_U explicitly
     return model

@@ -13,7 +13,9 @@ DEFAULTS: dict[str, Any] = {
     "output": "outputs/train",
     "model": {
         "name": "ppconvmixer_256_8",
-        "pretrained": None,  # hf-hub:ID / local-dir:PATH to start from
+        # hf-hub:ID / local-dir:PATH to start from, or a key-bound tag such as
+        # ppconvmixer_768_32.in1k (converted under data.key at load, docs/zoo.md)
+        "pretrained": None,
         "kwargs": {},  # timm.create_model kwargs (num_classes, img_size, in_chans, permutation...)
     },
     "data": {

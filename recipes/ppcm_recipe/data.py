@@ -69,6 +69,19 @@ def load_hub_split(cfg: dict, split: str):
     return datasets.load_dataset(source[len("hub:") :], split=split)
 
 
+def data_fingerprint(cfg: dict, key: BlockKey | None) -> str | None:
+    """The key the training data is encrypted with: ``data.key``'s, or, for a ``hub:`` source
+    (the provider's side, no key), the fingerprint its dataset card records."""
+    if key is not None:
+        return key.fingerprint
+    source = str(cfg["data"]["source"])
+    if source.startswith("hub:"):
+        from timm_ppconvmixer.hub import dataset_key_fingerprint
+
+        return dataset_key_fingerprint(source)
+    return None
+
+
 def load_split(cfg: dict, split: str, limit) -> LabeledImages:
     data = cfg["data"]
     if str(data["source"]).startswith("hub:"):

@@ -20,15 +20,22 @@ def add_push_parser(subparsers: argparse._SubParsersAction) -> None:
         "push",
         help="export a model with a key-free card and upload it to the Hugging Face Hub",
         description="Export MODEL (model.safetensors + config.json, a model card with the key's "
-        "fingerprint only) and upload it with huggingface_hub. Every file is scanned for key "
+        "fingerprint only) and upload it with huggingface_hub. MODEL may be a timm train.py "
+        "checkpoint: the model is rebuilt from its arch and args (the optimizer and the training "
+        "arguments are not uploaded), with --ema its EMA weights. Every file is scanned for key "
         "material first; pass --key so the scan knows what to look for. Pull it back with "
         "timm.create_model('hf-hub:REPO_ID', pretrained=True) after import timm_ppconvmixer.",
     )
     p.add_argument(
-        "model", help="model folder (model.safetensors + config.json), local-dir:PATH or hf-hub:ID"
+        "model",
+        help="model folder (model.safetensors + config.json), local-dir:PATH, hf-hub:ID, or a "
+        "timm train.py checkpoint (last.pth.tar, model_best.pth.tar)",
     )
     p.add_argument("repo_id", help="Hub repository, e.g. me/ppconvmixer_256_8.fmnist")
     p.add_argument("--key", help="the owner's key file, for the leak guard (never uploaded)")
+    p.add_argument(
+        "--ema", action="store_true", help="push a train.py checkpoint's EMA weights (--model-ema)"
+    )
     p.add_argument("--metrics", help="JSON: {'top1_key': 0.91, ...} or recipes' final_metrics.json")
     p.add_argument("--dataset", help="Hub dataset id the metrics were measured on")
     p.add_argument("--recipe", help="training recipe file to show in the card (e.g. YAML config)")
@@ -49,7 +56,10 @@ def _cmd_push(args: argparse.Namespace) -> None:
     key = BlockKey.load(args.key) if args.key else None
     metrics = read_metrics_file(args.metrics) if args.metrics else None
     recipe = recipe_from_file(args.recipe) if args.recipe else None
-    model = load_model(args.model)
+    model = load_model(args.model, ema=args.ema)
+    if key is not None and getattr(model, "key_fingerprint", "") is None:
+        # a train.py checkpoint records no fingerprint: the owner's key names the domain
+        model.key_fingerprint = key.fingerprint
     push_to_hub(
         model,
         args.repo_id,

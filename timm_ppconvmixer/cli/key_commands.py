@@ -45,13 +45,22 @@ def add_key_parsers(sub: argparse._SubParsersAction) -> None:
         help="turn a plain ConvMixer into an exactly equivalent encrypted-domain model",
         description="Convert a timm ConvMixer (patch size = the key's block size) into a "
         "PPConvMixer that gives the same logits on images encrypted with KEY. The output folder "
-        "(model.safetensors + config.json) loads with timm.create_model('local-dir:OUT'). The "
-        "converted weights reveal much of the key to anyone holding the plain model.",
+        "(model.safetensors + config.json) loads with timm.create_model('local-dir:OUT'). "
+        "Example: ppconvmixer convert --key owner.key --model convmixer_768_32.in1k OUT (key: "
+        "224x224, --block-size 7). The converted weights reveal much of the key to anyone "
+        "holding the plain model (for timm's models: anyone): keep OUT as private as the key.",
     )
     p.add_argument("--key", required=True, help="key file")
-    p.add_argument("--model", required=True, help="timm model name, local-dir:PATH or hf-hub:ID")
+    p.add_argument(
+        "--model",
+        required=True,
+        help="timm model name, local-dir:PATH or hf-hub:ID; a tagged name such as "
+        "convmixer_768_32.in1k loads those weights through timm (its cache, HF_HUB_OFFLINE)",
+    )
     p.add_argument("--checkpoint", help="weights to load (.safetensors or a timm checkpoint)")
-    p.add_argument("--pretrained", action="store_true", help="load the model's own weights")
+    p.add_argument(
+        "--pretrained", action="store_true", help="load an untagged model's default weights"
+    )
     p.add_argument("--num-classes", type=int, default=None)
     p.add_argument("--mean", type=parse_floats, help="normalisation mean, e.g. 0.5,0.5,0.5")
     p.add_argument("--std", type=parse_floats, help="normalisation std")
@@ -96,11 +105,16 @@ def _load_source_model(args: argparse.Namespace):
     import timm
     from timm.models import load_checkpoint
 
-    if args.checkpoint is None and not args.pretrained:
-        raise CLIError("no weights to convert: pass --checkpoint FILE or --pretrained")
+    # a tagged name (convmixer_768_32.in1k), hf-hub: or local-dir: names its weights itself
+    pretrained = args.pretrained or (args.checkpoint is None and _names_weights(args.model))
+    if args.checkpoint is None and not pretrained:
+        raise CLIError(
+            "no weights to convert: pass a tagged name (e.g. convmixer_768_32.in1k), "
+            "--checkpoint FILE or --pretrained"
+        )
     kwargs = {} if args.num_classes is None else {"num_classes": args.num_classes}
     try:
-        model = timm.create_model(args.model, pretrained=args.pretrained, **kwargs)
+        model = timm.create_model(args.model, pretrained=pretrained, **kwargs)
     except RuntimeError as e:  # unknown model name, failed download
         raise CLIError(f"cannot create model {args.model!r}: {e}") from None
     if args.checkpoint is not None:
@@ -113,6 +127,12 @@ def _load_source_model(args: argparse.Namespace):
             first_line = str(e).splitlines()[0]
             raise CLIError(f"{path}: does not fit {args.model} ({first_line})") from None
     return model.eval()
+
+
+def _names_weights(name: str) -> bool:
+    from timm.models import split_model_name_tag
+
+    return name.startswith(("hf-hub:", "local-dir:")) or bool(split_model_name_tag(name)[1])
 
 
 def _cmd_convert(args: argparse.Namespace) -> None:

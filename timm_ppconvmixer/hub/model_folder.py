@@ -23,6 +23,7 @@ from ..permutation import MATRIX_ARGS, AdaptivePermutation
 from .errors import HubError
 from .leak_guard import assert_no_key_material
 from .model_card import model_card
+from .train_checkpoint import is_train_checkpoint, load_train_checkpoint
 
 __all__ = [
     "CARD_FILE",
@@ -59,9 +60,16 @@ def model_args_for_export(model: nn.Module) -> dict:
     ``model`` (recorded in ``config.json``'s ``model_args``)."""
     args = {"in_chans": model.in_chans, "num_classes": model.num_classes}
     if isinstance(model, PPConvMixer):
-        args["img_size"] = list(model.img_size)
-        if model.permutation is None:
-            args["permutation"] = False
+        # the architecture itself too: a converted model was not built by timm's factory, and
+        # a shallower or narrower variant must not rebuild as the registered default
+        args.update(
+            dim=model.num_features,
+            depth=len(model.blocks),
+            kernel_size=model.blocks[0][0].fn[0].kernel_size[0],
+            patch_size=model.patch_size,
+            img_size=list(model.img_size),
+            permutation=model.permutation is not None,
+        )
         args |= permutation_args(model.permutation)
         if model.key_fingerprint is not None:
             args["key_fingerprint"] = model.key_fingerprint
@@ -89,13 +97,20 @@ def _write_weights(model: nn.Module, folder: Path) -> None:
     save_for_hf(model, folder, model_args=model_args_for_export(model), safe_serialization=True)
 
 
-def load_model(spec: str | os.PathLike) -> nn.Module:
-    """Load a model to publish from a model folder or a ``local-dir:`` / ``hf-hub:`` spec.
+def load_model(spec: str | os.PathLike, *, ema: bool = False) -> nn.Module:
+    """Load a model to publish from a model folder, a ``local-dir:`` / ``hf-hub:`` spec, or a
+    timm ``train.py`` checkpoint (``last.pth.tar``, ``model_best.pth.tar``; ``ema`` takes its
+    EMA weights).
 
     Example:
         >>> model = load_model("outputs/fmnist28/model")  # doctest: +SKIP
+        >>> model = load_model("output/train/run/model_best.pth.tar", ema=True)  # doctest: +SKIP
     """
     text = str(spec)
+    if is_train_checkpoint(text):
+        return load_train_checkpoint(text, ema=ema)
+    if ema:
+        raise HubError(f"{text}: --ema needs a timm train.py checkpoint (*.pth.tar)")
     if text.startswith(("local-dir:", "hf-hub:")):
         name = text
     elif Path(text).is_dir():
@@ -109,7 +124,7 @@ def load_model(spec: str | os.PathLike) -> nn.Module:
     else:
         raise HubError(
             f"{text}: no such model folder; pass a folder holding {WEIGHTS_FILE} + {CONFIG_FILE}, "
-            "local-dir:PATH or hf-hub:REPO"
+            "local-dir:PATH, hf-hub:REPO or a timm train.py checkpoint (*.pth.tar)"
         )
     try:
         model = timm.create_model(name, pretrained=True)
