@@ -1,27 +1,39 @@
 """timm-ppconvmixer: privacy-preserving image classification with block-wise encrypted images
 and ConvMixer with an adaptive permutation matrix (Qi, MaungMaung and Kiya, 2022).
 
-Importing the package registers the ``ppconvmixer_*`` models with timm.
+Importing the package registers the ``ppconvmixer_*``, ``shakedrop_pyramidnet*`` and
+``adaptnet_*`` models with timm.
 """
 
+from .adaptnet import AdaptNet, LEAdaptNet, adaptnet_num_params
+from .adaptnet_pyramidnet import AdaptNetPyramidNet, adaptnet_pyramidnet_num_params
 from .cipher import CipherInputError, decrypt, encrypt
 from .key import BlockKey, InvalidKeyError
 from .models import PPConvMixer, convmixer_num_params, ppconvmixer_num_params
 from .permutation import AdaptivePermutation, HardPermutation, permutation_penalty
+from .pyramidnet import ShakeDrop, ShakePyramidNet, pyramidnet_num_params
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AdaptNet",
+    "AdaptNetPyramidNet",
     "AdaptivePermutation",
     "BlockKey",
     "CipherInputError",
     "HardPermutation",
     "InvalidKeyError",
+    "LEAdaptNet",
     "PPConvMixer",
+    "ShakeDrop",
+    "ShakePyramidNet",
+    "adaptnet_num_params",
+    "adaptnet_pyramidnet_num_params",
     "convmixer_num_params",
     "decrypt",
     "encrypt",
     "permutation_penalty",
     "ppconvmixer_num_params",
+    "pyramidnet_num_params",
     "__version__",
 ]
