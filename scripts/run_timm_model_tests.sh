@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs timm's own model test suite (tests/test_models.py from the source release of the
-# installed timm version) on every ppconvmixer_* model, with our plugin imported (-p).
+# installed timm version) on every model we register (ppconvmixer_*, shakedrop_pyramidnet*,
+# adaptnet_*_shakedrop_pyramidnet*), with our plugin imported (-p).
 # Usage: scripts/run_timm_model_tests.sh PYTHON WORKDIR
 set -euo pipefail
 python=${1:-python}
@@ -19,11 +20,16 @@ fi
 suite="$workdir/suite-$version"
 rm -rf "$suite" && mkdir -p "$suite" && cp -r "$src/tests" "$suite/"
 cp "$src/pyproject.toml" "$suite/"  # timm's pytest markers
-count=$(cd "$suite" && "$python" -m pytest -p timm_ppconvmixer tests/test_models.py -k ppconvmixer \
-    --collect-only -q -p no:cacheprovider 2>/dev/null | grep -c '::' || true)
-if [ "$count" -lt 30 ]; then
-    echo "timm's model suite selected only $count ppconvmixer tests; expected at least 30" >&2
-    exit 1
-fi
-cd "$suite" && "$python" -m pytest -p timm_ppconvmixer tests/test_models.py -k ppconvmixer \
+ours="ppconvmixer or pyramidnet"
+# each family must be selected: a renamed model or a filter typo would pass with zero tests
+for family in "ppconvmixer 30" "pyramidnet 70"; do
+    set -- $family
+    count=$(cd "$suite" && "$python" -m pytest -p timm_ppconvmixer tests/test_models.py -k "$1" \
+        --collect-only -q -p no:cacheprovider 2>/dev/null | grep -c '::' || true)
+    if [ "$count" -lt "$2" ]; then
+        echo "timm's model suite selected only $count $1 tests; expected at least $2" >&2
+        exit 1
+    fi
+done
+cd "$suite" && "$python" -m pytest -p timm_ppconvmixer tests/test_models.py -k "$ours" \
     -q -p no:cacheprovider
