@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs timm's own model test suite (tests/test_models.py from the source release of the
-# installed timm version) on every ppconvmixer_* model, with our plugin imported (-p).
+# installed timm version) on every model we register (ppconvmixer_*, shakedrop_pyramidnet*,
+# adaptnet_*_shakedrop_pyramidnet*), with our plugin imported (-p).
 # Usage: scripts/run_timm_model_tests.sh PYTHON WORKDIR
 set -euo pipefail
 python=${1:-python}
@@ -31,12 +32,16 @@ cp "$src/pyproject.toml" "$suite/"  # timm's pytest markers
 # timm's test_model_load_pretrained creates every pretrained tag with pretrained=True and no
 # other arguments: the key-bound tags (ppconvmixer_*.in1k) refuse that by design (they need the
 # user's key= and timm's plain weights from the network); tests/test_zoo.py loads them offline.
-select="ppconvmixer and not (test_model_load_pretrained and in1k)"
-count=$(cd "$suite" && "$python" -m pytest -p timm_ppconvmixer tests/test_models.py -k "$select" \
-    --collect-only -q -p no:cacheprovider 2>/dev/null | grep -c '::' || true)
-if [ "$count" -lt 30 ]; then
-    echo "timm's model suite selected only $count ppconvmixer tests; expected at least 30" >&2
-    exit 1
-fi
+ours="(ppconvmixer or pyramidnet) and not (test_model_load_pretrained and in1k)"
+# each family must be selected: a renamed model or a filter typo would pass with zero tests
+for family in "ppconvmixer 30" "pyramidnet 70"; do
+    set -- $family
+    count=$(cd "$suite" && "$python" -m pytest -p timm_ppconvmixer tests/test_models.py -k "$1" \
+        --collect-only -q -p no:cacheprovider 2>/dev/null | grep -c '::' || true)
+    if [ "$count" -lt "$2" ]; then
+        echo "timm's model suite selected only $count $1 tests; expected at least $2" >&2
+        exit 1
+    fi
+done
 cd "$suite" && "$python" -m pytest -p timm_ppconvmixer -p timm_suite_timeouts \
-    tests/test_models.py -k "$select" -q -p no:cacheprovider
+    tests/test_models.py -k "$ours" -q -p no:cacheprovider

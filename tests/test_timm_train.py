@@ -120,3 +120,29 @@ def test_fine_tune_a_pretrained_folder_with_a_new_number_of_classes(tmp_path):
             ckpt["state_dict"][name], source.state_dict()[name], rtol=0, atol=1e-4
         )
     assert json.loads((folder / "config.json").read_text())["model_args"]["img_size"] == [28, 28]
+
+
+@pytest.mark.slow
+def test_adaptnet_shakedrop_trains_and_l_u_acts_on_u(tmp_path):
+    """timm's train.py trains an ELE-AdaptNet + ShakeDrop PyramidNet with --model-kwargs, and
+    the implicit L_U of Madono et al.'s loss acts on U exactly as on P."""
+    key = BlockKey.generate(28, 4, channels=1, seed=4)
+    data = encrypted_folder(tmp_path / "data", key, per_class=4)  # one batch of 8: one step
+    name = "adaptnet_ele_shakedrop_pyramidnet20_a48_fmnist"
+    model_args = ["--model", name, "--num-classes", "2", "--model-kwargs", "depth=8", "alpha=12"]
+    run_train(data, tmp_path / "no_penalty", *model_args, "penalty_weight=0")
+    run_train(data, tmp_path / "penalty", *model_args, "penalty_weight=3.0")
+    assert "eval_top1" in (tmp_path / "penalty" / "run" / "summary.csv").read_text()
+    torch.manual_seed(0)
+    init = timm.create_model(name, num_classes=2, depth=8, alpha=12).permutation.weight.detach()
+
+    def u(run: str) -> torch.Tensor:
+        path = tmp_path / run / "run" / "last.pth.tar"
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        return ckpt["state_dict"]["adapt.mixing.weight"]
+
+    delta = u("penalty") - u("no_penalty")
+    assert delta.abs().max() > 1e-4
+    torch.testing.assert_close(
+        delta, -0.5 * 3.0 * permutation_penalty_grad(init), rtol=1e-3, atol=1e-6
+    )

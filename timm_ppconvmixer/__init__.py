@@ -1,20 +1,26 @@
 """timm-ppconvmixer: privacy-preserving image classification with block-wise encrypted images
 and ConvMixer with an adaptive permutation matrix (Qi, MaungMaung and Kiya, 2022).
 
-Importing the package registers the ``ppconvmixer_*`` models with timm, among them the
-key-bound tags (``timm.create_model("ppconvmixer_768_32.in1k", pretrained=True, key=KEY)``:
-timm's ImageNet weights converted under your key at load, :mod:`.zoo`).
+Importing the package registers the ``ppconvmixer_*``, ``shakedrop_pyramidnet*`` and
+``adaptnet_*`` models with timm, among them the key-bound tags
+(``timm.create_model("ppconvmixer_768_32.in1k", pretrained=True, key=KEY)``: timm's ImageNet
+weights converted under your key at load, :mod:`.zoo`).
 """
 
+from .adaptnet import AdaptNet, LEAdaptNet, adaptnet_num_params
+from .adaptnet_pyramidnet import AdaptNetPyramidNet, adaptnet_pyramidnet_num_params
 from .cipher import CipherInputError, decrypt, encrypt
 from .key import BlockKey, InvalidKeyError
 from .models import KeyBoundError, PPConvMixer, convmixer_num_params, ppconvmixer_num_params
 from .permutation import AdaptivePermutation, HardPermutation, permutation_penalty
+from .pyramidnet import ShakeDrop, ShakePyramidNet, pyramidnet_num_params
 from .zoo import KEY_BOUND_TAGS
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AdaptNet",
+    "AdaptNetPyramidNet",
     "AdaptivePermutation",
     "BlockKey",
     "CipherInputError",
@@ -22,11 +28,17 @@ __all__ = [
     "InvalidKeyError",
     "KEY_BOUND_TAGS",
     "KeyBoundError",
+    "LEAdaptNet",
     "PPConvMixer",
+    "ShakeDrop",
+    "ShakePyramidNet",
+    "adaptnet_num_params",
+    "adaptnet_pyramidnet_num_params",
     "convmixer_num_params",
     "decrypt",
     "encrypt",
     "permutation_penalty",
     "ppconvmixer_num_params",
+    "pyramidnet_num_params",
     "__version__",
 ]
