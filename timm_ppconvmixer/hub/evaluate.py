@@ -112,7 +112,7 @@ def evaluate_with_key(
     ds = ds.select(range(min(limit, len(ds)))) if limit is not None else ds
     if encrypted:
         check_encrypted_with(ds, key, image_column, f"split {split}")
-    wrong = wrong_key or BlockKey.generate(key.image_size, key.block_size, key.channels)
+    wrong = wrong_key or type(key).generate(key.image_size, key.block_size, key.channels)
     from timm.data import resolve_model_data_config
 
     cfg = resolve_model_data_config(model)

@@ -461,8 +461,8 @@ class SchemeKey:
             )
         if not issubclass(found, cls):
             raise InvalidKeyError(
-                f"{source}: holds a {found.NAME!r} key, not a {cls.NAME!r} key; load it with "
-                "timm_ppconvmixer.load_key, which returns the key of any scheme"
+                f"{source}: holds a {found.NAME!r} key; this needs a {cls.NAME!r} key "
+                "(timm_ppconvmixer.load_key reads a key of any scheme)"
             )
         if data.get("version") != found.VERSION:
             raise InvalidKeyError(
