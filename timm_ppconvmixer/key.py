@@ -26,6 +26,7 @@ from .schemes import (
     key_from_json,
     load_key,
     per_image_encryption,
+    scheme_file_names,
 )
 from .schemes.base import InvalidKeyError
 from .schemes.blockwise import SCHEME, SCHEME_VERSION, BlockKey
@@ -43,4 +44,5 @@ __all__ = [
     "key_from_json",
     "load_key",
     "per_image_encryption",
+    "scheme_file_names",
 ]

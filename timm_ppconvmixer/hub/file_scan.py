@@ -11,7 +11,7 @@ import numpy as np
 import safetensors.torch
 import torch
 
-from ..key import SCHEME, BlockKey
+from ..key import SchemeKey, scheme_file_names
 from ..permutation import block_order_recovery, permutation_closeness
 from .errors import HubError
 from .key_patterns import (
@@ -27,13 +27,23 @@ from .key_patterns import (
 __all__ = ["files_to_scan", "scan_file"]
 
 
-def _scan_key_file(data: bytes, key: BlockKey | None, file: str) -> list[Finding]:
-    """A copy of the key file (or of any key file of this scheme, even without ``key``)."""
-    if key is not None and key.to_json().encode() in data:
+def _scan_key_file(data: bytes, key: SchemeKey | None, file: str) -> list[Finding]:
+    """A copy of the key file (or of any scheme's key file, even without ``key``)."""
+    if key is not None and not key.per_image and key.to_json().encode() in data:
         return [Finding(file, "a copy of the key file", "key.to_json() verbatim")]
-    if SCHEME.encode() in data and b'"pixel_perm"' in data and b'"block_perm"' in data:
-        return [Finding(file, f"a {SCHEME} key file", "fields scheme, block_perm, pixel_perm")]
+    for scheme, names in scheme_file_names().items():
+        if scheme.encode() in data and all(f'"{name}"'.encode() in data for name in names):
+            fields = ", ".join(("scheme", *names))
+            return [Finding(file, f"a {scheme} key file", f"fields {fields}")]
     return []
+
+
+def _block_order(key: SchemeKey | None) -> np.ndarray | None:
+    """The key's block permutation, for the schemes that have one (blockwise, ELE, EtC)."""
+    if key is None or key.per_image:
+        return None
+    items = {f.name: values for f, values in key.secret_items()}
+    return items.get("block_perm")
 
 
 def _utf8(data: bytes) -> str | None:
@@ -82,7 +92,7 @@ def _permutation_of_tensor(name: str, t: torch.Tensor) -> np.ndarray | None:
 
 
 def _scan_permutation_tensor(
-    name: str, t: torch.Tensor, key: BlockKey | None, file: str
+    name: str, t: torch.Tensor, key: SchemeKey | None, file: str
 ) -> tuple[bool, list[Finding]]:
     """(is a permutation P, findings). With a key: flag P equal to the key's block order (or
     its inverse). Without one: flag any P that is not the identity, which cannot be checked."""
@@ -90,8 +100,8 @@ def _scan_permutation_tensor(
     if order is None:
         return False, []
     where = f"safetensors tensor {name!r}"
-    if key is not None:
-        block = key.block_perm.numpy()
+    block = _block_order(key)
+    if block is not None:
         if len(order) == len(block) and (
             np.array_equal(order, block) or np.array_equal(order, np.argsort(block))
         ):
@@ -110,7 +120,7 @@ P_CLOSENESS_WARNING = 0.5
 
 
 def _closeness_warning(
-    name: str, t: torch.Tensor, key: BlockKey | None, file: str
+    name: str, t: torch.Tensor, key: SchemeKey | None, file: str
 ) -> list[Finding]:
     """Warn about a square float tensor close to a permutation that is not the identity, as a
     dense P (its values) or as Sinkhorn logits (their row softmax). With the key, say how much
@@ -129,8 +139,9 @@ def _closeness_warning(
         f"a learned {n}x{n} P close to a permutation ({100 * closeness:.0f} % of its energy on "
         "one): it states much of a block order"
     )
-    if key is not None and key.num_blocks == n:
-        share = block_order_recovery(matrix, key.block_perm)
+    block = _block_order(key)
+    if block is not None and len(block) == n:
+        share = block_order_recovery(matrix, torch.from_numpy(block))
         what += f", {100 * share:.0f} % of this key's (K1)"
     where = f"safetensors tensor {name!r}; see docs/permutation.md for the trade-off"
     return [Finding(file, what, where, warning=True)]
@@ -174,7 +185,7 @@ def _scan_safetensors(
     return findings
 
 
-def scan_file(path: Path, file: str, key: BlockKey | None, secrets: list[Secret]) -> list:
+def scan_file(path: Path, file: str, key: SchemeKey | None, secrets: list[Secret]) -> list:
     data = path.read_bytes()
     findings = _scan_key_file(data, key, file)
     parsed = _read_safetensors(data)

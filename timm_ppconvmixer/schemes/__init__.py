@@ -26,7 +26,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-from .base import InvalidKeyError, SchemeKey, scheme_classes
+from .base import InvalidKeyError, SchemeKey, scheme_classes, scheme_file_names
 from .blockwise import BlockKey
 from .ele import ELEKey
 from .etc import EtCKey
@@ -48,6 +48,7 @@ __all__ = [
     "key_from_json",
     "load_key",
     "per_image_encryption",
+    "scheme_file_names",
 ]
 
 SCHEMES = ("blockwise", "le", "ele", "etc", "pe")  # schemes with a key file

@@ -42,7 +42,15 @@ import torch
 
 from ..atomic import atomic_write_bytes
 
-__all__ = ["Field", "InvalidKeyError", "KeyRandom", "SchemeKey", "block_plan", "scheme_classes"]
+__all__ = [
+    "Field",
+    "InvalidKeyError",
+    "KeyRandom",
+    "SchemeKey",
+    "block_plan",
+    "scheme_classes",
+    "scheme_file_names",
+]
 
 FINGERPRINT_PREFIX = "ppcm1-"
 SALT_BYTES = 16
@@ -166,6 +174,14 @@ def uniform_below(bound: int, count: int) -> np.ndarray:
 def scheme_classes() -> dict[str, type[SchemeKey]]:
     """Every registered key class by its short name (``"blockwise"``, ``"le"``, ...)."""
     return {cls.NAME: cls for cls in _REGISTRY.values()}
+
+
+def scheme_file_names() -> dict[str, tuple[str, ...]]:
+    """Each key file ``scheme`` with the names of its secret fields (the leak guard finds key
+    files by them; the names do not depend on the geometry)."""
+    return {
+        name: tuple(f.name for f in cls.fields((1, 1), 1, 1)) for name, cls in _REGISTRY.items()
+    }
 
 
 class SchemeKey:
