@@ -217,6 +217,13 @@ def test_pe_per_image_gives_a_new_ciphertext_every_time_and_cannot_be_decrypted(
     ):
         with pytest.raises(CipherInputError, match="cannot be decrypted, by design"):
             attempt()
+    # both halves of the key are drawn: channel orders and inversions vary over the pixels
+    levels = torch.tensor([10, 20, 30], dtype=torch.uint8).view(3, 1, 1).expand(3, 16, 16)
+    enc = encrypt(levels.contiguous(), pe)
+    inverted = enc > 127
+    order = torch.where(inverted, 255 - enc, enc)
+    kept = (order == levels).all(dim=0).float().mean()  # about 1/6 of the pixels
+    assert 0.05 < kept < 0.5 and 0.3 < inverted.float().mean() < 0.7
     f = encrypt(x.float() / 255, pe)
     assert f.dtype == torch.float32 and set((f * 255).round().flatten().tolist()) <= set(
         v for u in x.flatten().tolist() for v in (u, 255 - u)
