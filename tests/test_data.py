@@ -74,3 +74,17 @@ def test_unknown_image_column_is_refused():
     ds = Dataset.from_dict({"x": [1]})
     with pytest.raises(ValueError, match="no column 'image'"):
         encrypt_dataset(ds, BlockKey.generate(8, 4, seed=0))
+
+
+@pytest.mark.parametrize("scheme", ["le", "ele", "etc", "pe"])
+def test_encrypt_dataset_with_every_scheme(scheme):
+    from timm_ppconvmixer.schemes import generate_key
+
+    key = generate_key(
+        scheme, image_size=28, block_size=1 if scheme == "pe" else 4, channels=1, seed=5
+    )
+    ds = load_fashion_mnist("test", limit=8)
+    enc = encrypt_dataset(ds, key, batch_size=4)
+    assert np.array_equal(np.asarray(enc[3]["image"]), np.asarray(encrypt(ds[3]["image"], key)))
+    back = encrypt_dataset(enc, key, decrypt=True)
+    assert np.array_equal(np.asarray(back[6]["image"]), np.asarray(ds[6]["image"]))

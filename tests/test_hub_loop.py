@@ -222,6 +222,26 @@ def stored_key_material_in(path: Path, key: BlockKey) -> list[str]:
     return [label for label, forms in key_encodings(key).items() if any(f in data for f in forms)]
 
 
+@pytest.mark.parametrize("scheme", ["le", "ele", "etc", "pe", "pe-per-image"])
+def test_dataset_card_records_every_scheme_by_name_and_no_secret(scheme):
+    from timm_ppconvmixer.hub.key_patterns import key_secrets, scan_text
+    from timm_ppconvmixer.schemes import generate_key, per_image_encryption
+
+    if scheme == "pe-per-image":
+        key = per_image_encryption(28, channels=1)
+    else:
+        block = 1 if scheme == "pe" else 4
+        key = generate_key(scheme, image_size=28, block_size=block, channels=1, seed=0)
+    card = dataset_card(key, {"train": 5}, repo_id="me/enc")
+    facts = yaml.safe_load(card.split("---\n")[1])["ppconvmixer"]
+    assert (
+        facts["scheme"] == f"ppconvmixer-{scheme}" and facts["key_fingerprint"] == key.fingerprint
+    )
+    assert "no security evaluation in timm-ppconvmixer yet" in card
+    assert ("its own fresh key" in card) == (scheme == "pe-per-image")
+    assert scan_text(card, key_secrets(key), "README.md") == []
+
+
 def test_fingerprint_checks_refuse_mismatch_and_missing_fingerprints():
     assert check_key_fingerprints("ppcm1-a", ["ppcm1-a", "ppcm1-a"], "d", "--x") == "ppcm1-a"
     with pytest.raises(

@@ -18,7 +18,7 @@ from PIL import Image
 
 from ..cipher import decrypt
 from ..images import mode_for_channels
-from ..key import BlockKey
+from ..key import SchemeKey
 from .errors import HubError
 
 __all__ = ["check_encrypted_with", "num_shards", "stage_split", "verify_uploaded"]
@@ -176,7 +176,7 @@ def _roughness(images: np.ndarray) -> float:
     return float(np.abs(a[:, :, 1:] - a[:, :, :-1]).mean())
 
 
-def check_encrypted_with(ds, key: BlockKey, image_column: str, where: str, sample: int = 32):
+def check_encrypted_with(ds, key: SchemeKey, image_column: str, where: str, sample: int = 32):
     """Refuse images of another size or mode than ``key``'s, and images that do not decrypt
     to natural-looking images with ``key`` (plain images, or another key's): decrypting must
     make neighbouring pixels clearly more alike. Looks at the first ``sample`` images.

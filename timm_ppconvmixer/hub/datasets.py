@@ -21,7 +21,7 @@ from typing import Any
 from ..atomic import atomic_write_bytes
 from ..data import encrypt_dataset
 from ..folders.manifest import MANIFEST_NAME
-from ..key import BlockKey
+from ..key import SchemeKey
 from .dataset_card import dataset_card, read_front_matter
 from .dataset_stage import check_encrypted_with, num_shards, stage_split, verify_uploaded
 from .errors import HubError
@@ -33,7 +33,7 @@ __all__ = ["load_encrypted_source", "push_encrypted_dataset"]
 _SAVED_MARKERS = ("dataset_dict.json", "state.json")  # what save_to_disk writes
 
 
-def _read_manifest(folder: Path, key: BlockKey) -> dict:
+def _read_manifest(folder: Path, key: SchemeKey) -> dict:
     manifest = json.loads((folder / MANIFEST_NAME).read_text(encoding="utf-8"))
     if manifest.get("fingerprint") != key.fingerprint:
         raise HubError(
@@ -45,7 +45,7 @@ def _read_manifest(folder: Path, key: BlockKey) -> dict:
 
 def load_encrypted_source(
     source: Any,
-    key: BlockKey,
+    key: SchemeKey,
     *,
     encrypt: bool = False,
     split: str = "train",
@@ -117,7 +117,7 @@ def push_encrypted_dataset(
     ds_or_path: Any,
     repo_id: str,
     *,
-    key: BlockKey,
+    key: SchemeKey,
     encrypt: bool = False,
     split: str = "train",
     image_column: str = "image",

@@ -51,10 +51,7 @@ from .base import (
 
 __all__ = ["PEKey", "PerImagePE"]
 
-SUMMARY = (
-    "PE: every pixel's colour channels are reordered and some values inverted "
-    "(v -> 255 - v), {which}."
-)
+SUMMARY = "PE: every pixel's colour channels are reordered and some values inverted (v -> 255 - v)."
 
 
 class PEKey(SchemeKey):
@@ -63,7 +60,7 @@ class PEKey(SchemeKey):
 
     NAME = "pe"
     FILE_SCHEME = "ppconvmixer-pe"
-    SUMMARY = SUMMARY.format(which="with one key for every image")
+    SUMMARY = SUMMARY
 
     @classmethod
     def fields(cls, size: tuple[int, int], block_size: int, channels: int) -> tuple[Field, ...]:
@@ -108,7 +105,7 @@ class PerImagePE:
     FILE_SCHEME = "ppconvmixer-pe-per-image"
     VERSION = 1
     UNIT_BITS = 8
-    SUMMARY = SUMMARY.format(which="with a fresh key for every image that nobody keeps")
+    SUMMARY = SUMMARY
     per_image = True
     block_size = 1
 
