@@ -5,7 +5,7 @@ Importing the package registers the ``ppconvmixer_*`` models with timm.
 """
 
 from .cipher import CipherInputError, decrypt, encrypt
-from .key import BlockKey, InvalidKeyError
+from .key import BlockKey, InvalidKeyError, SchemeKey, generate_key, load_key
 from .models import PPConvMixer, convmixer_num_params, ppconvmixer_num_params
 from .permutation import AdaptivePermutation, HardPermutation, permutation_penalty
 
@@ -18,9 +18,12 @@ __all__ = [
     "HardPermutation",
     "InvalidKeyError",
     "PPConvMixer",
+    "SchemeKey",
     "convmixer_num_params",
     "decrypt",
     "encrypt",
+    "generate_key",
+    "load_key",
     "permutation_penalty",
     "ppconvmixer_num_params",
     "__version__",

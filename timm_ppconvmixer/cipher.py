@@ -1,14 +1,18 @@
-"""Block-wise encryption and decryption of images (paper Sec. III-A, steps 1-5).
+"""Encryption and decryption of images with any scheme's key (``timm_ppconvmixer.schemes``).
 
-The three steps of the scheme (block permutation K1, pixel shuffling K2, negative-positive
-transformation K3) compose into one gather and one flip over the whole image: for every
-position of the encrypted image, a precomputed flat index says which plain position it comes
-from, and a precomputed mask says whether the value is flipped (``v -> 255 - v`` for uint8,
-``v -> 1 - v`` for floats in [0, 1]). Both are built once per key, direction and device and
-applied to a whole batch at memory speed; there is no loop over blocks or images.
+Every scheme is a permutation of units plus an inversion mask: the paper's block-wise scheme
+(Sec. III-A: block permutation K1, pixel shuffling K2, negative-positive transformation K3),
+EtC and PE move and invert bytes; LE and ELE move and invert 4-bit halves. A key compiles its
+steps into one flat gather index and one mask (``SchemeKey.unit_plan``); this module applies
+them: for every unit of the encrypted image the index says which plain unit it comes from and
+the mask whether it is inverted (``v -> 255 - v`` for bytes, ``1 - v`` for floats in [0, 1],
+``h -> 15 - h`` for halves). The plan is built once per key, direction, layout and device and
+applied to a whole batch at memory speed; there is no loop over blocks or images. ``pe-per-image``
+draws a fresh plan per image instead and cannot be decrypted.
 
-Inputs: torch tensors ``(C, H, W)`` or ``(B, C, H, W)``, uint8 or floating in [0, 1], on any
-device (dtype and device are kept); numpy uint8 arrays; PIL images. See :func:`encrypt`.
+Inputs: torch tensors ``(C, H, W)`` or ``(B, C, H, W)``, uint8 or floating in [0, 1] (for LE /
+ELE: 8-bit levels k / 255 only), on any device (dtype and device are kept); numpy uint8 arrays;
+PIL images. See :func:`encrypt`.
 """
 
 from __future__ import annotations
@@ -80,7 +84,9 @@ def gather_plan(
     ``out`` is always in (C, H, W) order; ``source_layout="HWC"`` indexes a source laid out as
     (H, W, C), which fuses the HWC -> CHW copy of ``ToTensor`` into the encryption gather. For
     decryption the plan is the inverse gather, with the mask moved to plain positions. Kept
-    with the key (:meth:`BlockKey.derived`) per direction, layout and device.
+    with the key (:meth:`SchemeKey.derived`) per direction, layout and device. The units are
+    bytes, or for LE / ELE (``key.UNIT_BITS == 4``) 4-bit halves: byte p is units 2p (upper
+    half) and 2p + 1 (lower half).
     """
     plan = _plan(key, decrypt, torch.device(device), source_layout)
     return plan.index, plan.mask
@@ -348,6 +354,7 @@ def encrypt(x: ImageLike, key: SchemeKey, *, layout: Layout = "auto") -> ImageLi
         The encrypted image, of the same type, shape, dtype (and device) as ``x``.
 
     Example:
+        >>> from timm_ppconvmixer import BlockKey
         >>> key = BlockKey.generate(32, 4, seed=0)
         >>> x = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
         >>> torch.equal(decrypt(encrypt(x, key), key), x)
