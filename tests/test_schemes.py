@@ -166,6 +166,24 @@ def test_halves_schemes_refuse_floats_off_the_8_bit_grid(scheme):
     key = make_key(scheme, 8, 4, 3, 0)
     with pytest.raises(CipherInputError, match="4-bit halves"):
         encrypt(torch.full((3, 8, 8), 0.5), key)  # 127.5 / 255: not an 8-bit level
+    with pytest.raises(CipherInputError, match="4-bit halves"):
+        encrypt(torch.full((3, 8, 8), 100 / 255 + 1e-4), key)  # close to a level, not on it
+
+
+@pytest.mark.parametrize("scheme", ["le", "ele"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_halves_schemes_take_every_8_bit_level_in_every_float_dtype(scheme, dtype):
+    key = make_key(scheme, 16, 4, 1, 0)
+    x = torch.arange(256, dtype=torch.uint8).view(1, 16, 16)
+    wide = torch.float64 if dtype == torch.float64 else torch.float32
+
+    def to_float(u):  # ToTensor (in float32; float64 divides in float64), then a cast
+        return (u.to(wide) / 255).to(dtype)
+
+    f = to_float(x)
+    enc = encrypt(f, key)
+    assert enc.dtype == dtype and torch.equal(enc, to_float(encrypt(x, key)))
+    assert torch.equal(decrypt(enc, key), f)
 
 
 def test_etc_is_a_whole_value_map_and_pe_keeps_pixels_in_place():

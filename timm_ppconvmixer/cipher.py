@@ -191,20 +191,26 @@ def _merge_halves(units: torch.Tensor) -> torch.Tensor:
 
 
 def _exact_bytes(x: torch.Tensor, key: SchemeKey) -> torch.Tensor:
-    """Floats in [0, 1] that are 8-bit levels (k / 255, as ToTensor makes them) as uint8.
+    """Floats in [0, 1] that are 8-bit levels (k / 255 as ToTensor makes them, in any float
+    dtype) as uint8, exactly; anything else is refused.
 
-    The 4-bit halves of LE / ELE exist only for 8-bit values: anything off the 255-level grid
-    (by more than a quarter level, which bfloat16 rounding of k / 255 stays within) is refused.
+    The 4-bit halves of LE / ELE exist only for 8-bit values. A value counts as level k when it
+    is k / 255 rounded to its dtype (for every k and every float dtype that is also what
+    ToTensor's float32 division, cast to the dtype, gives: the tests check all 256 levels).
     """
-    levels = x.float() * 255
-    rounded = levels.round()
-    if x.numel() and (levels - rounded).abs().max() > 0.25:
+    levels = (x.double() * 255).round()
+    if not bool(((levels / 255).to(x.dtype) == x).all()):
         raise CipherInputError(
             f"the {key.scheme} scheme shuffles the 4-bit halves of 8-bit values: floating images "
             "must hold 8-bit levels k / 255 (as ToTensor makes them); pass uint8 or encrypt "
             "before any resize, normalisation or augmentation that leaves the 255-level grid"
         )
-    return rounded.to(torch.uint8)
+    return levels.to(torch.uint8)
+
+
+def _levels_to_float(out: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    wide = torch.float64 if dtype == torch.float64 else torch.float32  # ToTensor divides in f32
+    return out.to(wide).div_(255).to(dtype)
 
 
 def _apply_units(rows: torch.Tensor, key: SchemeKey, plan: _Plan) -> torch.Tensor:
@@ -213,7 +219,7 @@ def _apply_units(rows: torch.Tensor, key: SchemeKey, plan: _Plan) -> torch.Tenso
         return _flip(_take(rows, plan.index), plan)
     as_bytes = rows if rows.dtype == torch.uint8 else _exact_bytes(rows, key)
     out = _merge_halves(_flip(_take(_split_halves(as_bytes), plan.index), plan))
-    return out if rows.dtype == torch.uint8 else out.to(rows.dtype).div_(255)
+    return out if rows.dtype == torch.uint8 else _levels_to_float(out, rows.dtype)
 
 
 def _apply_per_image(x: torch.Tensor, key: PerImagePE) -> torch.Tensor:
