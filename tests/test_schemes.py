@@ -171,7 +171,7 @@ def test_halves_schemes_refuse_floats_off_the_8_bit_grid(scheme):
 
 
 @pytest.mark.parametrize("scheme", ["le", "ele"])
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
 def test_halves_schemes_take_every_8_bit_level_in_every_float_dtype(scheme, dtype):
     key = make_key(scheme, 16, 4, 1, 0)
     x = torch.arange(256, dtype=torch.uint8).view(1, 16, 16)
