@@ -88,3 +88,19 @@ def test_encrypt_dataset_with_every_scheme(scheme):
     assert np.array_equal(np.asarray(enc[3]["image"]), np.asarray(encrypt(ds[3]["image"], key)))
     back = encrypt_dataset(enc, key, decrypt=True)
     assert np.array_equal(np.asarray(back[6]["image"]), np.asarray(ds[6]["image"]))
+
+
+def test_encrypt_dataset_with_a_fresh_key_per_image_cannot_be_decrypted():
+    from timm_ppconvmixer import CipherInputError
+    from timm_ppconvmixer.schemes import per_image_encryption
+
+    pe = per_image_encryption(28, channels=1)
+    ds = load_fashion_mnist("test", limit=4)
+    ds = ds.select([0, 0, 1, 2])  # the same image twice
+    enc = encrypt_dataset(ds, pe, batch_size=4)
+    first, second = np.asarray(enc[0]["image"]), np.asarray(enc[1]["image"])
+    plain = np.asarray(ds[0]["image"])
+    assert not np.array_equal(first, second)
+    assert np.array_equal(np.minimum(first, 255 - first), np.minimum(plain, 255 - plain))
+    with pytest.raises(CipherInputError, match="cannot be decrypted, by design"):
+        encrypt_dataset(enc, pe, decrypt=True)
