@@ -267,7 +267,8 @@ def _what(secret: Secret) -> str:
 
 def float_to_ints(values: np.ndarray) -> np.ndarray:
     """Integer-valued floats as int64 (5.0 -> 5); anything else -1, which no key holds."""
-    values = values.astype(np.float64, copy=False)
+    with np.errstate(invalid="ignore"):  # raw bytes read as floats hold signalling NaNs
+        values = values.astype(np.float64, copy=False)
     out = np.full(values.shape, -1, dtype=np.int64)
     ok = np.isfinite(values) & (np.abs(values) < 2**53)
     ok[ok] = values[ok] == np.round(values[ok])
