@@ -161,6 +161,17 @@ def test_floats_of_8_bit_levels_encrypt_like_their_bytes(case):
     assert torch.equal((decrypt(enc, key) * 255).round().to(torch.uint8), x)
 
 
+def test_the_cpu_lookup_tables_split_and_merge_halves_like_the_device_code():
+    from timm_ppconvmixer import cipher
+
+    x = torch.arange(256, dtype=torch.uint8).repeat(3, 1)
+    halves = cipher._split_halves(x)
+    assert torch.equal(halves, cipher._split_halves_by_shifts(x))
+    assert torch.equal(halves[0, 2 * 0xA7 : 2 * 0xA7 + 2], torch.tensor([0xA, 0x7]))
+    assert torch.equal(cipher._merge_halves(halves), x)
+    assert torch.equal(cipher._merge_halves_by_shifts(halves), x)
+
+
 @pytest.mark.parametrize("scheme", ["le", "ele"])
 def test_halves_schemes_refuse_floats_off_the_8_bit_grid(scheme):
     key = make_key(scheme, 8, 4, 3, 0)
