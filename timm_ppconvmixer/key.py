@@ -28,8 +28,8 @@ from .schemes import (
     per_image_encryption,
     scheme_file_names,
 )
-from .schemes.base import InvalidKeyError
 from .schemes.blockwise import SCHEME, SCHEME_VERSION, BlockKey
+from .schemes.fields import InvalidKeyError
 
 __all__ = [
     "ENCRYPT_ONLY_SCHEMES",

@@ -142,6 +142,7 @@ def create_transform(
     must equal the key's; ``separate`` is not supported.
 
     Example:
+        >>> from timm_ppconvmixer import BlockKey
         >>> key = BlockKey.generate(224, 16, seed=0)
         >>> tf = create_transform(key, is_training=False)
     """

@@ -26,10 +26,11 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-from .base import InvalidKeyError, SchemeKey, scheme_classes, scheme_file_names
+from .base import SchemeKey, scheme_classes, scheme_file_names
 from .blockwise import BlockKey
 from .ele import ELEKey
 from .etc import EtCKey
+from .fields import InvalidKeyError
 from .le import LEKey
 from .pe import PEKey, PerImagePE
 

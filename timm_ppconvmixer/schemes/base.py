@@ -27,148 +27,36 @@ Example:
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import os
 import secrets
 import threading
 from collections.abc import Callable, Hashable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Literal, TypeVar
+from typing import ClassVar, TypeVar
 
 import numpy as np
 import torch
 
 from ..atomic import atomic_write_bytes
+from .fields import (
+    Field,
+    InvalidKeyError,
+    as_size,
+    check_geometry,
+    is_int,
+    parse_field,
+    validated,
+)
+from .randomness import SALT_BYTES, KeyRandom
 
-__all__ = [
-    "Field",
-    "InvalidKeyError",
-    "KeyRandom",
-    "SchemeKey",
-    "block_plan",
-    "scheme_classes",
-    "scheme_file_names",
-]
+__all__ = ["SchemeKey", "scheme_classes", "scheme_file_names"]
 
 FINGERPRINT_PREFIX = "ppcm1-"
-SALT_BYTES = 16
 BLOCKWISE_FILE_SCHEME = "ppconvmixer-blockwise"  # what a key file without "scheme" is
 T = TypeVar("T")
 K = TypeVar("K", bound="SchemeKey")
 _REGISTRY: dict[str, type[SchemeKey]] = {}  # file scheme name -> key class
-
-
-class InvalidKeyError(ValueError):
-    """A key, or a key file, is invalid or does not fit the data it is used with."""
-
-
-@dataclass(frozen=True)
-class Field:
-    """One secret of a scheme.
-
-    ``kind``: ``"perm"`` (every row of ``shape`` a permutation of ``0..shape[-1]-1``; one row
-    when ``shape`` is 1-D), ``"bits"`` (0/1 values), ``"codes"`` (integers in ``0..bound-1``).
-    ``label`` names the secret in leak-guard findings.
-    """
-
-    name: str
-    kind: Literal["perm", "bits", "codes"]
-    shape: tuple[int, ...]
-    label: str
-    bound: int = 0
-
-    def entropy_per_value(self) -> float:
-        """Bits of secret per stored value (the leak guard sizes its windows with it)."""
-        if self.kind == "bits":
-            return 1.0
-        if self.kind == "codes":
-            return float(np.log2(self.bound)) if self.bound > 1 else 0.0
-        length = self.shape[-1]
-        return float(sum(np.log2(np.arange(2, length + 1)))) / length if length > 1 else 0.0
-
-
-def _as_size(image_size: int | Sequence[int]) -> tuple[int, int]:
-    if isinstance(image_size, (int, np.integer)):
-        return int(image_size), int(image_size)
-    size = tuple(int(s) for s in image_size)
-    if len(size) != 2:
-        raise InvalidKeyError(f"image_size must be an int or (H, W), got {image_size!r}")
-    return size  # type: ignore[return-value]
-
-
-def _check_geometry(size: tuple[int, int], block_size: int, channels: int) -> None:
-    if block_size < 1:
-        raise InvalidKeyError(f"block_size must be a positive integer, got {block_size}")
-    if channels < 1:
-        raise InvalidKeyError(f"channels must be a positive integer, got {channels}")
-    h, w = size
-    if h < 1 or w < 1 or h % block_size or w % block_size:
-        raise InvalidKeyError(
-            f"image size {h}x{w} is not a positive multiple of block_size {block_size}; "
-            f"resize or crop the images to a multiple of {block_size} first"
-        )
-
-
-def _is_int(value: object) -> bool:
-    # JSON gives 4.7 and true for an integer field as readily as 4; int() would accept both.
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-class KeyRandom:
-    """Where a new key's secrets come from: the OS CSPRNG, or a seeded generator for tests.
-
-    A seed makes the key reproducible by anyone who knows it: tests and demos only.
-    """
-
-    def __init__(self, seed: int | None = None) -> None:
-        self._gen = None if seed is None else np.random.Generator(np.random.PCG64(seed))
-        self._system = secrets.SystemRandom()
-
-    @property
-    def seeded(self) -> bool:
-        return self._gen is not None
-
-    def permutation(self, n: int) -> np.ndarray:
-        if self._gen is not None:
-            return self._gen.permutation(n)
-        values = list(range(n))
-        self._system.shuffle(values)
-        return np.asarray(values, dtype=np.int64)
-
-    def permutations(self, rows: int, n: int) -> np.ndarray:
-        """``rows`` independent permutations of ``0..n-1``, shape ``(rows, n)``."""
-        if n <= 5:  # few possible rows (n!): draw codes into a table, vectorised
-            table = np.asarray(list(itertools.permutations(range(n))), dtype=np.int64)
-            return table[self.integers(len(table), rows)]
-        return np.stack([self.permutation(n) for _ in range(rows)]).reshape(rows, n)
-
-    def integers(self, bound: int, count: int) -> np.ndarray:
-        """``count`` uniform integers in ``0..bound-1``."""
-        if self._gen is not None:
-            return self._gen.integers(0, bound, size=count)
-        return uniform_below(bound, count)
-
-    def bits(self, count: int) -> np.ndarray:
-        return self.integers(2, count)
-
-    def salt(self) -> bytes:
-        return self._gen.bytes(SALT_BYTES) if self._gen is not None else os.urandom(SALT_BYTES)
-
-
-def uniform_below(bound: int, count: int) -> np.ndarray:
-    """``count`` integers uniform in ``0..bound-1`` from the OS CSPRNG, vectorised.
-
-    32-bit draws at or above the largest multiple of ``bound`` are rejected (no modulo bias).
-    """
-    limit = (1 << 32) // bound * bound
-    out = np.empty(0, dtype=np.int64)
-    while out.size < count:
-        need = count - out.size
-        draws = np.frombuffer(os.urandom(4 * (need + need // 8 + 8)), dtype="<u4")
-        out = np.concatenate([out, (draws[draws < limit] % bound).astype(np.int64)])
-    return out[:count]
 
 
 def scheme_classes() -> dict[str, type[SchemeKey]]:
@@ -213,9 +101,9 @@ class SchemeKey:
         salt: bytes | None = None,
         **secret_values: Sequence[int] | np.ndarray | torch.Tensor,
     ) -> None:
-        size = _as_size(image_size)
+        size = as_size(image_size)
         block_size, channels = int(block_size), int(channels)
-        _check_geometry(size, block_size, channels)
+        check_geometry(size, block_size, channels)
         self._image_size, self._block_size, self._channels = size, block_size, channels
         fields = self.fields(size, block_size, channels)
         unknown = set(secret_values) - {f.name for f in fields}
@@ -225,7 +113,7 @@ class SchemeKey:
         for f in fields:
             if f.name not in secret_values:
                 raise InvalidKeyError(f"{self.NAME} key lacks field {f.name}")
-            self._secrets[f.name] = _validated(f, secret_values[f.name], self._geometry_text())
+            self._secrets[f.name] = validated(f, secret_values[f.name], self._geometry_text())
         # A secret salt makes the public fingerprint useless for checking guesses of the key
         # (e.g. a block order read off a trained P, plus a search over the rest).
         # (An empty salt: a key file written before salting; its fingerprint stays unsalted.)
@@ -280,8 +168,8 @@ class SchemeKey:
         only way to make a key for real data. With ``seed`` the key is reproducible from the
         seed, which makes it public: use that for tests and demos only.
         """
-        size = _as_size(image_size)
-        _check_geometry(size, int(block_size), int(channels))
+        size = as_size(image_size)
+        check_geometry(size, int(block_size), int(channels))
         rng = KeyRandom(seed)
         values = cls.draw(cls.fields(size, int(block_size), int(channels)), rng)
         salt = rng.salt() if rng.seeded else None  # unseeded: drawn from the CSPRNG by __init__
@@ -504,17 +392,17 @@ class SchemeKey:
         if missing:
             raise InvalidKeyError(f"key file lacks field(s) {', '.join(missing)}")
         for name in ("block_size", "channels"):
-            if not _is_int(data[name]):
+            if not is_int(data[name]):
                 raise InvalidKeyError(f"{name} must be an integer, got {data[name]!r}")
         size = data["image_size"]
-        if not (isinstance(size, list) and len(size) == 2 and all(_is_int(v) for v in size)):
+        if not (isinstance(size, list) and len(size) == 2 and all(is_int(v) for v in size)):
             raise InvalidKeyError(f"image_size must be [H, W] integers, got {size!r}")
-        _check_geometry(tuple(size), data["block_size"], data["channels"])  # type: ignore[arg-type]
+        check_geometry(tuple(size), data["block_size"], data["channels"])  # type: ignore[arg-type]
         fields = cls.fields(tuple(size), data["block_size"], data["channels"])  # type: ignore[arg-type]
         missing = [f.name for f in fields if f.name not in data]
         if missing:
             raise InvalidKeyError(f"key file lacks field(s) {', '.join(missing)}")
-        values = {f.name: _parse_field(f, data[f.name]) for f in fields}
+        values = {f.name: parse_field(f, data[f.name]) for f in fields}
         salt = bytes.fromhex(data.get("salt", ""))  # no salt: an unsalted early key file
         return cls(size, data["block_size"], data["channels"], salt=salt, **values)
 
@@ -529,90 +417,3 @@ class SchemeKey:
         except UnicodeDecodeError:
             raise InvalidKeyError(f"{path}: not a key file (not UTF-8 text)") from None
         return cls.from_json(text, source=str(path))
-
-
-def _parse_field(f: Field, value: object) -> np.ndarray:
-    """A field's JSON value as an array, refusing anything but the exact JSON types."""
-    if f.kind == "bits":
-        if not isinstance(value, str) or set(value) - {"0", "1"}:
-            raise InvalidKeyError(f"{f.name} must be a string of 0 and 1 characters")
-        return np.frombuffer(value.encode(), dtype=np.uint8).astype(np.int64) - 48
-    rows = value if f.kind == "perm" and len(f.shape) > 1 else [value]
-    if not isinstance(value, list) or not all(isinstance(r, list) for r in rows):
-        raise InvalidKeyError(f"{f.name} must be a list of integers")
-    if not all(_is_int(v) for r in rows for v in r):  # type: ignore[union-attr]
-        raise InvalidKeyError(f"{f.name} must be a list of integers")
-    if len({len(r) for r in rows}) > 1:  # type: ignore[arg-type]
-        raise InvalidKeyError(f"{f.name} must have rows of equal length")
-    return np.asarray(value, dtype=np.int64)
-
-
-def _validated(f: Field, value, geometry: str) -> torch.Tensor:
-    """Check one secret against its field and return it as a tensor (bool for bits)."""
-    a = np.asarray(value.numpy() if isinstance(value, torch.Tensor) else value)
-    size = int(np.prod(f.shape))
-    if f.kind == "bits":
-        a = a.reshape(-1)
-        if a.size != size or not np.isin(a, (0, 1)).all():
-            raise InvalidKeyError(
-                f"{f.name} must hold {size} values that are 0 or 1 ({geometry}), got {a.size}"
-            )
-        return torch.from_numpy(a.astype(bool).reshape(f.shape).copy())
-    a = a.astype(np.int64)
-    if f.kind == "codes":
-        a = a.reshape(-1)
-        if a.size != size or a.min(initial=0) < 0 or a.max(initial=0) >= f.bound:
-            raise InvalidKeyError(
-                f"{f.name} must hold {size} integers in 0..{f.bound - 1} ({geometry}), got {a.size}"
-            )
-        return torch.from_numpy(a.reshape(f.shape).copy())
-    length = f.shape[-1]
-    if a.ndim == 1 and len(f.shape) == 1:
-        a = a.reshape(1, -1)
-    rows = int(np.prod(f.shape[:-1]))
-    if a.ndim != 2 or a.shape != (rows, length):
-        raise InvalidKeyError(
-            f"{f.name} must be {rows} permutation(s) of 0..{length - 1} ({geometry}), got shape "
-            f"{tuple(np.shape(value))}"
-        )
-    if not (np.sort(a, axis=1) == np.arange(length)).all():
-        raise InvalidKeyError(
-            f"{f.name} must be {rows} permutation(s) of 0..{length - 1} ({geometry}); some "
-            "value repeats"
-        )
-    return torch.from_numpy(a.reshape(f.shape).copy())
-
-
-def block_plan(
-    key: SchemeKey,
-    src_block: torch.Tensor,
-    src_pos: torch.Tensor,
-    flip: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Compile a block scheme into one flat gather index and one flip mask over units.
-
-    A unit is a byte (``UNIT_BITS == 8``) or a 4-bit half (``UNIT_BITS == 4``: byte ``p``
-    of the flat (C, H, W) image is units ``2p`` (upper half) and ``2p + 1`` (lower half)).
-    Encrypted unit at in-block position ``j`` of encrypted block ``i`` (blocks row-major over
-    the grid; a block's units in (C, M, M[, half]) order) holds the unit at in-block position
-    ``src_pos[i, j]`` of plain block ``src_block[i]``, inverted where ``flip[i, j]``.
-    ``src_pos`` and ``flip`` may be expanded views, (n, D) with D the units per block.
-    """
-    c_, m = key.channels, key.block_size
-    h, w = key.image_size
-    _, gw = key.grid_size
-    u_ = 8 // key.UNIT_BITS
-    c = torch.arange(c_).view(c_, 1, 1, 1)
-    y = torch.arange(h).view(1, h, 1, 1)
-    x = torch.arange(w).view(1, 1, w, 1)
-    u = torch.arange(u_).view(1, 1, 1, u_)
-    pos = (c * m * m + (y % m) * m + x % m) * u_ + u  # (C, H, W, U) encrypted in-block unit
-    block = ((y // m) * gw + x // m).expand_as(pos)  # encrypted block index
-    src_b = src_block[block]
-    src_u = src_pos[block, pos]
-    src_v, src_half = src_u // u_, src_u % u_
-    src_c = src_v // (m * m)
-    src_y = (src_b // gw) * m + (src_v % (m * m)) // m
-    src_x = (src_b % gw) * m + src_v % m
-    index = ((src_c * h + src_y) * w + src_x) * u_ + src_half
-    return index.reshape(-1), flip[block, pos].reshape(-1)

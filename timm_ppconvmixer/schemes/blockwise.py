@@ -29,7 +29,9 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from .base import BLOCKWISE_FILE_SCHEME, Field, SchemeKey, block_plan
+from .base import BLOCKWISE_FILE_SCHEME, SchemeKey
+from .fields import Field
+from .plan import block_plan
 
 __all__ = ["SCHEME", "SCHEME_VERSION", "BlockKey"]
 
@@ -101,7 +103,7 @@ class BlockKey(SchemeKey):
         return self.secret("np_mask")
 
     def unit_plan(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Steps 2-4 as one gather and one flip (see :func:`~.base.block_plan`)."""
+        """Steps 2-4 as one gather and one flip (see :func:`~.plan.block_plan`)."""
         n, d = self.num_blocks, self._secrets["pixel_perm"].numel()
         return block_plan(
             self,

@@ -28,7 +28,9 @@ from __future__ import annotations
 
 import torch
 
-from .base import Field, SchemeKey, block_plan
+from .base import SchemeKey
+from .fields import Field
+from .plan import block_plan
 
 __all__ = ["ELEKey"]
 
