@@ -268,6 +268,22 @@ def test_only_images_encrypted_with_the_key_pass_the_check():
         check_encrypted_with(plain, BlockKey.generate(32, 4, channels=1, seed=3), "image", "t")
 
 
+@pytest.mark.parametrize("scheme", ["le", "ele", "etc", "pe"])
+def test_the_check_knows_every_scheme_and_pe_per_image_is_checked_by_size(scheme):
+    from timm_ppconvmixer.schemes import generate_key, per_image_encryption
+
+    block = 1 if scheme == "pe" else 4
+    key = generate_key(scheme, image_size=28, block_size=block, channels=1, seed=1)
+    plain = load_fashion_mnist("test", limit=16)
+    check_encrypted_with(encrypt_dataset(plain, key), key, "image", "test")
+    with pytest.raises(HubError, match="do not decrypt with key"):
+        check_encrypted_with(plain, key, "image", "test")
+    pe = per_image_encryption(28, channels=1)
+    check_encrypted_with(encrypt_dataset(plain, pe), pe, "image", "test")
+    with pytest.raises(HubError, match="are 32x32 L"):
+        check_encrypted_with(plain, per_image_encryption(32, channels=1), "image", "t")
+
+
 def test_model_card_gets_the_owners_numbers_and_keeps_everything_else():
     import timm
 

@@ -179,7 +179,8 @@ def _roughness(images: np.ndarray) -> float:
 def check_encrypted_with(ds, key: SchemeKey, image_column: str, where: str, sample: int = 32):
     """Refuse images of another size or mode than ``key``'s, and images that do not decrypt
     to natural-looking images with ``key`` (plain images, or another key's): decrypting must
-    make neighbouring pixels clearly more alike. Looks at the first ``sample`` images.
+    make neighbouring pixels clearly more alike. Looks at the first ``sample`` images. For
+    ``pe-per-image``, which nothing decrypts, only the size and mode are checked.
 
     Example:
         >>> check_encrypted_with(encrypted_ds, key, "image", "train")  # doctest: +SKIP
@@ -198,7 +199,7 @@ def check_encrypted_with(ds, key: SchemeKey, image_column: str, where: str, samp
                 "with this key (encrypt=True, or ppconvmixer encrypt)"
             )
         arrays.append(np.asarray(image).reshape(h, w, key.channels))
-    if not arrays:
+    if not arrays or key.per_image:  # pe-per-image: no key decrypts them, by design
         return
     stack = np.stack(arrays)
     as_is, decrypted = _roughness(stack), _roughness(decrypt(stack, key, layout="HWC"))
