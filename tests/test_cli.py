@@ -131,3 +131,45 @@ def test_attack_runs_on_a_demo_shaped_dataset_without_and_with_the_key(tmp_path)
     assert "never overwritten" in again.stderr and again.stderr.count("\n") == 1
     plain = run("attack", tmp_path, "--out", tmp_path / "x", ok=False)  # not encrypted data
     assert plain.returncode == 1 and "not encrypted data" in plain.stderr
+
+
+@pytest.mark.parametrize("scheme", ["le", "ele", "etc", "pe"])
+def test_every_scheme_through_keygen_key_info_and_the_image_commands(tmp_path, capsys, scheme):
+    """In-process ``main`` (the console script's own entry point) to keep this fast."""
+    from timm_ppconvmixer.cli import main
+    from timm_ppconvmixer.schemes import load_key
+
+    key_path = tmp_path / f"{scheme}.key"
+    assert main(["keygen", str(key_path), "--scheme", scheme, "--image-size", "32"]) == 0
+    assert stat.S_IMODE(os.stat(key_path).st_mode) == 0o600
+    key = load_key(key_path)
+    assert key.scheme == scheme and key.block_size == (1 if scheme == "pe" else 16)
+    capsys.readouterr()
+    assert main(["key-info", str(key_path)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["scheme"] == f"ppconvmixer-{scheme}" and info["fingerprint"] == key.fingerprint
+    enc_path, dec_path = tmp_path / "enc.png", tmp_path / "dec.png"
+    assert main(["encrypt-image", "--key", str(key_path), str(SAMPLE_PHOTO), str(enc_path)]) == 0
+    assert main(["decrypt-image", "--key", str(key_path), str(enc_path), str(dec_path)]) == 0
+    enc, dec = Image.open(enc_path), Image.open(dec_path)
+    assert enc.size == (32, 32) and np.array_equal(np.asarray(encrypt(dec, key)), np.asarray(enc))
+    assert not np.array_equal(np.asarray(enc), np.asarray(dec))
+    assert main(["convert", "--key", str(key_path), "--model", "x", "--pretrained", "o"]) == 1
+    assert f"holds a '{scheme}' key; this needs a 'blockwise' key" in capsys.readouterr().err
+
+
+def test_pe_per_image_encrypts_without_a_key_and_refuses_to_decrypt(tmp_path, capsys):
+    from timm_ppconvmixer.cli import main
+
+    out1, out2 = tmp_path / "a.png", tmp_path / "b.png"
+    for out in (out1, out2):
+        args = ["--scheme", "pe-per-image", "--image-size", "32", str(SAMPLE_PHOTO), str(out)]
+        assert main(["encrypt-image", *args]) == 0
+    a, b = np.asarray(Image.open(out1)), np.asarray(Image.open(out2))
+    assert a.shape == (32, 32, 3) and not np.array_equal(a, b)  # a fresh key each time
+    assert main(["encrypt-image", str(SAMPLE_PHOTO), str(tmp_path / "d.png")]) == 1
+    assert "pass --key FILE" in capsys.readouterr().err
+    # the console script: one error line, nothing written
+    proc = run("decrypt-image", "--scheme", "pe-per-image", out1, tmp_path / "c.png", ok=False)
+    assert proc.returncode == 1 and "cannot be decrypted, by design" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "c.png").exists()

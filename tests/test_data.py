@@ -74,3 +74,33 @@ def test_unknown_image_column_is_refused():
     ds = Dataset.from_dict({"x": [1]})
     with pytest.raises(ValueError, match="no column 'image'"):
         encrypt_dataset(ds, BlockKey.generate(8, 4, seed=0))
+
+
+@pytest.mark.parametrize("scheme", ["le", "ele", "etc", "pe"])
+def test_encrypt_dataset_with_every_scheme(scheme):
+    from timm_ppconvmixer.schemes import generate_key
+
+    key = generate_key(
+        scheme, image_size=28, block_size=1 if scheme == "pe" else 4, channels=1, seed=5
+    )
+    ds = load_fashion_mnist("test", limit=8)
+    enc = encrypt_dataset(ds, key, batch_size=4)
+    assert np.array_equal(np.asarray(enc[3]["image"]), np.asarray(encrypt(ds[3]["image"], key)))
+    back = encrypt_dataset(enc, key, decrypt=True)
+    assert np.array_equal(np.asarray(back[6]["image"]), np.asarray(ds[6]["image"]))
+
+
+def test_encrypt_dataset_with_a_fresh_key_per_image_cannot_be_decrypted():
+    from timm_ppconvmixer import CipherInputError
+    from timm_ppconvmixer.schemes import per_image_encryption
+
+    pe = per_image_encryption(28, channels=1)
+    ds = load_fashion_mnist("test", limit=4)
+    ds = ds.select([0, 0, 1, 2])  # the same image twice
+    enc = encrypt_dataset(ds, pe, batch_size=4)
+    first, second = np.asarray(enc[0]["image"]), np.asarray(enc[1]["image"])
+    plain = np.asarray(ds[0]["image"])
+    assert not np.array_equal(first, second)
+    assert np.array_equal(np.minimum(first, 255 - first), np.minimum(plain, 255 - plain))
+    with pytest.raises(CipherInputError, match="cannot be decrypted, by design"):
+        encrypt_dataset(enc, pe, decrypt=True)

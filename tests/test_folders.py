@@ -291,3 +291,37 @@ def test_killed_run_resumes_to_the_same_bytes_as_a_clean_run(tmp_path):
     assert not [p for p in dst.rglob("*") if p.name.startswith(".")]
     with Image.open(dst / "train/class1/0001.png") as img:
         assert np.array_equal(np.asarray(decrypt(img, key)), _pixels(src / "train/class1/0001.png"))
+
+
+@pytest.mark.parametrize("scheme", ["le", "ele", "etc", "pe"])
+def test_every_scheme_encrypts_and_decrypts_a_folder_tree(tree, tmp_path, scheme):
+    from timm_ppconvmixer.schemes import generate_key
+
+    key = generate_key(scheme, image_size=SIZE, block_size=1 if scheme == "pe" else BLOCK, seed=2)
+    enc, dec = tmp_path / "enc", tmp_path / "dec"
+    encrypt_folder(tree, enc, key, workers=1, skip_bad=True, progress=False)
+    manifest = json.loads((enc / MANIFEST_NAME).read_text())
+    assert manifest["scheme"] == f"ppconvmixer-{scheme}"
+    assert manifest["fingerprint"] == key.fingerprint
+    src = Image.open(tree / "train/cat/photo.jpg")
+    expected = encrypt(prepare_image(src, key), key)
+    assert np.array_equal(_pixels(enc / "train/cat/photo.png"), np.asarray(expected))
+    decrypt_folder(enc, dec, key, workers=1, progress=False)
+    assert np.array_equal(_pixels(dec / "train/cat/photo.png"), np.asarray(prepare_image(src, key)))
+
+
+def test_pe_per_image_folder_is_encrypted_afresh_and_cannot_be_decrypted(tree, tmp_path, capsys):
+    args = ["--scheme", "pe-per-image", "--image-size", str(SIZE), "--skip-bad", "--no-progress"]
+    assert main(["encrypt", *args, "--workers", "1", str(tree), str(tmp_path / "a")]) == 0
+    manifest = json.loads((tmp_path / "a" / MANIFEST_NAME).read_text())
+    assert manifest["scheme"] == "ppconvmixer-pe-per-image" and "key" not in manifest
+    a = _pixels(tmp_path / "a/train/cat/key_size.png")
+    plain = np.asarray(Image.open(tree / "train/cat/key_size.png"))
+    assert not np.array_equal(a, plain)
+    # each value is a channel of the same pixel, or its inverse
+    folded = np.sort(np.minimum(a, 255 - a), axis=-1)
+    assert np.array_equal(folded, np.sort(np.minimum(plain, 255 - plain), axis=-1))
+    capsys.readouterr()
+    dst = str(tmp_path / "b")
+    assert main(["decrypt", *args[:4], "--no-progress", str(tmp_path / "a"), dst]) == 1
+    assert "cannot be decrypted, by design" in capsys.readouterr().err

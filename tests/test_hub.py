@@ -673,3 +673,64 @@ def test_publish_push_through_the_hub(zoo: Path, hub: LocalHub, tmp_path: Path):
     meta = front_matter(card.read_text())
     assert meta["model-index"][0]["name"] == "tiny"
     assert meta["model-index"][0]["results"][0]["dataset"]["name"] == "Fashion-MNIST"
+
+
+# -- the leak guard knows every scheme's secrets ------------------------------------------------
+
+
+def _plants_for(values: np.ndarray, kind: str) -> dict[str, Callable[[Path], None]]:
+    """Ways a secret sequence ends up in a file: text numbers, raw int16, a float tensor, and
+    for masks a 0/1 string and a bool tensor. A slice from the middle, not the start."""
+    flat = values.reshape(-1)
+    part = flat[len(flat) // 3 :][:120] if len(flat) > 120 else flat
+    plants = {
+        "json": lambda d: (d / "notes.json").write_text(json.dumps({"x": part.tolist()})),
+        "int16": lambda d: (d / "blob.bin").write_bytes(b"\x07" + part.astype("<i2").tobytes()),
+        "float32-tensor": lambda d: safetensors.torch.save_file(
+            {"w": torch.from_numpy(part.astype(np.float32))}, d / "t.safetensors"
+        ),
+    }
+    if kind == "bits":
+        plants["01-string"] = lambda d: (d / "notes.txt").write_text("".join(map(str, part)))
+        plants["bool-tensor"] = lambda d: safetensors.torch.save_file(
+            {"m": torch.from_numpy(part.astype(bool))}, d / "t.safetensors"
+        )
+    return plants
+
+
+@pytest.mark.parametrize("scheme", ["le", "ele", "etc", "pe"])
+def test_leak_guard_finds_every_secret_field_of_every_scheme(scheme, tmp_path: Path):
+    from timm_ppconvmixer import encrypt
+    from timm_ppconvmixer.schemes import generate_key
+
+    key = generate_key(scheme, image_size=32, block_size=1 if scheme == "pe" else 4, seed=4)
+    clean = tmp_path / "clean"
+    clean.mkdir()
+    (clean / "README.md").write_text(f"key {key.fingerprint}\n{json.dumps(key.describe())}\n")
+    photo = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    encrypt(Image.fromarray(photo), key).save(clean / "encrypted.png")
+    assert scan_for_key_material(clean, key) == []  # public facts and ciphertext: no finding
+    for field, values in key.secret_items():
+        if field.entropy_per_value() == 0:
+            continue  # e.g. a one-channel colour order: nothing secret in it
+        for how, plant in _plants_for(values, field.kind).items():
+            folder = tmp_path / f"{field.name}-{how}"
+            shutil.copytree(clean, folder)
+            plant(folder)
+            found = [f.what for f in scan_for_key_material(folder, key)]
+            assert any(field.label in what for what in found), (field.name, how, found)
+    key.save(tmp_path / "copy" / "renamed.txt")
+    (finding,) = scan_for_key_material(tmp_path / "copy", None)
+    assert f"a ppconvmixer-{scheme} key file" in finding.what
+
+
+def test_leak_guard_ignores_constant_and_counting_runs_even_where_a_key_has_them(tmp_path: Path):
+    from timm_ppconvmixer.schemes import EtCKey
+
+    drawn = EtCKey.generate(32, 4, seed=0)
+    values = {f.name: v for f, v in drawn.secret_items()}
+    values["rotation"] = np.zeros(64, dtype=np.int64)  # a (legal, unlucky) constant secret
+    values["flip"] = np.ones(64, dtype=np.int64)
+    key = EtCKey(32, 4, 3, **values)
+    (tmp_path / "notes.json").write_text(json.dumps({"z": [0] * 80, "o": [1] * 80}))
+    assert scan_for_key_material(tmp_path, key) == []

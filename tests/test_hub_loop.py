@@ -196,6 +196,26 @@ def stored_key_material_in(path: Path, key: BlockKey) -> list[str]:
     return holds_key_material(path.read_bytes(), key)
 
 
+@pytest.mark.parametrize("scheme", ["le", "ele", "etc", "pe", "pe-per-image"])
+def test_dataset_card_records_every_scheme_by_name_and_no_secret(scheme):
+    from timm_ppconvmixer.hub.key_patterns import key_secrets, scan_text
+    from timm_ppconvmixer.schemes import generate_key, per_image_encryption
+
+    if scheme == "pe-per-image":
+        key = per_image_encryption(28, channels=1)
+    else:
+        block = 1 if scheme == "pe" else 4
+        key = generate_key(scheme, image_size=28, block_size=block, channels=1, seed=0)
+    card = dataset_card(key, {"train": 5}, repo_id="me/enc")
+    facts = yaml.safe_load(card.split("---\n")[1])["ppconvmixer"]
+    assert (
+        facts["scheme"] == f"ppconvmixer-{scheme}" and facts["key_fingerprint"] == key.fingerprint
+    )
+    assert "no security evaluation in timm-ppconvmixer yet" in card
+    assert ("its own fresh key" in card) == (scheme == "pe-per-image")
+    assert scan_text(card, key_secrets(key), "README.md") == []
+
+
 def test_fingerprint_checks_refuse_mismatch_and_missing_fingerprints():
     assert check_key_fingerprints("ppcm1-a", ["ppcm1-a", "ppcm1-a"], "d", "--x") == "ppcm1-a"
     with pytest.raises(
@@ -261,6 +281,24 @@ def test_every_row_of_every_image_column_is_checked():
     )
     with pytest.raises(HubError, match="column 'extra' holds images inside"):
         check_encrypted_with(nested, key, "image", "split train")
+
+
+@pytest.mark.parametrize("scheme", ["le", "ele", "etc", "pe"])
+def test_the_check_knows_every_scheme_and_pe_per_image_is_checked_by_size(scheme):
+    from timm_ppconvmixer.schemes import generate_key, per_image_encryption
+
+    block = 1 if scheme == "pe" else 4
+    key = generate_key(scheme, image_size=28, block_size=block, channels=1, seed=1)
+    plain = load_fashion_mnist("test", limit=16)
+    check_encrypted_with(encrypt_dataset(plain, key), key, "image", "test")
+    with pytest.raises(HubError, match="do not decrypt with key"):
+        check_encrypted_with(plain, key, "image", "test")
+    pe = per_image_encryption(28, channels=1)
+    check_encrypted_with(encrypt_dataset(plain, pe), pe, "image", "test")
+    with pytest.raises(HubError, match="16 rows .* do not look encrypted"):  # nothing decrypts
+        check_encrypted_with(plain, pe, "image", "test")  # pe-per-image: is it scrambled?
+    with pytest.raises(HubError, match="are not 32x32 L images"):
+        check_encrypted_with(plain, per_image_encryption(32, channels=1), "image", "t")
 
 
 def test_model_card_gets_the_owners_numbers_and_keeps_everything_else():

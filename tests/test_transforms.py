@@ -85,3 +85,25 @@ def test_training_transform_runs_through_timm_loader(image_folder, key, use_pref
     assert sum(len(t) for _, t in batches) == 8
     x, _ = batches[0]
     assert x.shape == (4, 3, 32, 32) and x.is_floating_point()
+
+
+@pytest.mark.parametrize("scheme", ["le", "ele", "etc", "pe"])
+def test_every_scheme_in_the_eval_and_training_pipelines(scheme, photo):
+    from timm_ppconvmixer.schemes import generate_key
+
+    key = generate_key(scheme, image_size=32, block_size=1 if scheme == "pe" else 8, seed=3)
+    out = create_transform(key, is_training=False, use_prefetcher=True)(photo)
+    assert torch.equal(out, encrypt(_plain_uint8(photo, 32), key))
+    # erasing moves encryption after ToTensor (floats): halves schemes get 8-bit levels
+    train = create_transform(
+        key, is_training=True, re_prob=1.0, re_mode="pixel", use_prefetcher=False
+    )
+    assert train(photo).shape == (3, 32, 32)
+
+
+def test_pe_per_image_in_a_pipeline_encrypts_each_call_afresh(photo):
+    from timm_ppconvmixer.schemes import per_image_encryption
+
+    tf = create_transform(per_image_encryption(32), is_training=False, use_prefetcher=True)
+    first, second = tf(photo), tf(photo)
+    assert first.dtype == torch.uint8 and not torch.equal(first, second)

@@ -10,7 +10,7 @@ weights converted under your key at load, :mod:`.zoo`).
 from .adaptnet import AdaptNet, LEAdaptNet, adaptnet_num_params
 from .adaptnet_pyramidnet import AdaptNetPyramidNet, adaptnet_pyramidnet_num_params
 from .cipher import CipherInputError, decrypt, encrypt
-from .key import BlockKey, InvalidKeyError
+from .key import BlockKey, InvalidKeyError, SchemeKey, generate_key, load_key
 from .models import KeyBoundError, PPConvMixer, convmixer_num_params, ppconvmixer_num_params
 from .permutation import AdaptivePermutation, HardPermutation, permutation_penalty
 from .pyramidnet import ShakeDrop, ShakePyramidNet, pyramidnet_num_params
@@ -30,6 +30,7 @@ __all__ = [
     "KeyBoundError",
     "LEAdaptNet",
     "PPConvMixer",
+    "SchemeKey",
     "ShakeDrop",
     "ShakePyramidNet",
     "adaptnet_num_params",
@@ -37,6 +38,8 @@ __all__ = [
     "convmixer_num_params",
     "decrypt",
     "encrypt",
+    "generate_key",
+    "load_key",
     "permutation_penalty",
     "ppconvmixer_num_params",
     "pyramidnet_num_params",

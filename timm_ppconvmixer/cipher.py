@@ -1,14 +1,18 @@
-"""Block-wise encryption and decryption of images (paper Sec. III-A, steps 1-5).
+"""Encryption and decryption of images with any scheme's key (``timm_ppconvmixer.schemes``).
 
-The three steps of the scheme (block permutation K1, pixel shuffling K2, negative-positive
-transformation K3) compose into one gather and one flip over the whole image: for every
-position of the encrypted image, a precomputed flat index says which plain position it comes
-from, and a precomputed mask says whether the value is flipped (``v -> 255 - v`` for uint8,
-``v -> 1 - v`` for floats in [0, 1]). Both are built once per key, direction and device and
-applied to a whole batch at memory speed; there is no loop over blocks or images.
+Every scheme is a permutation of units plus an inversion mask: the paper's block-wise scheme
+(Sec. III-A: block permutation K1, pixel shuffling K2, negative-positive transformation K3),
+EtC and PE move and invert bytes; LE and ELE move and invert 4-bit halves. A key compiles its
+steps into one flat gather index and one mask (``SchemeKey.unit_plan``); this module applies
+them: for every unit of the encrypted image the index says which plain unit it comes from and
+the mask whether it is inverted (``v -> 255 - v`` for bytes, ``1 - v`` for floats in [0, 1],
+``h -> 15 - h`` for halves). The plan is built once per key, direction, layout and device and
+applied to a whole batch at memory speed; there is no loop over blocks or images. ``pe-per-image``
+draws a fresh plan per image instead and cannot be decrypted.
 
-Inputs: torch tensors ``(C, H, W)`` or ``(B, C, H, W)``, uint8 or floating in [0, 1], on any
-device (dtype and device are kept); numpy uint8 arrays; PIL images. See :func:`encrypt`.
+Inputs: torch tensors ``(C, H, W)`` or ``(B, C, H, W)``, uint8 or floating in [0, 1] (for LE /
+ELE: 8-bit levels k / 255 only), on any device (dtype and device are kept); numpy uint8 arrays;
+PIL images. See :func:`encrypt`.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import torch
 from PIL import Image
 
 from .images import IMAGE_MODES
-from .key import BlockKey
+from .key import PerImagePE, SchemeKey
 
 __all__ = ["encrypt", "decrypt", "encrypt_hwc_to_chw", "gather_plan", "CipherInputError"]
 
@@ -35,58 +39,42 @@ class CipherInputError(ValueError):
     """The image does not fit the key (size, channels), or its dtype or values are unsupported."""
 
 
-def _encryption_plan(key: BlockKey) -> tuple[torch.Tensor, torch.Tensor]:
-    """Flat gather index and flip mask over a (C, H, W) image, for encryption.
-
-    Encrypted pixel (c, y, x) lies in block i = (y // M) * (W / M) + x // M at in-block vector
-    position j = c*M*M + (y % M)*M + x % M (``docs/design.md`` section 2). It comes from plain block
-    ``block_perm[i]`` at in-block position ``pixel_perm[j]``, and is flipped where ``np_mask[j]``.
-    """
-    c_, m = key.channels, key.block_size
-    h, w = key.image_size
-    _, gw = key.grid_size
-    c = torch.arange(c_).view(c_, 1, 1)
-    y = torch.arange(h).view(1, h, 1)
-    x = torch.arange(w).view(1, 1, w)
-    block = (y // m) * gw + (x // m)  # (1, H, W) encrypted block index
-    pos = c * m * m + (y % m) * m + (x % m)  # (C, H, W) encrypted in-block position
-    src_block = key.block_perm[block]
-    src_pos = key.pixel_perm[pos]
-    src_c = src_pos // (m * m)
-    src_y = (src_block // gw) * m + (src_pos % (m * m)) // m
-    src_x = (src_block % gw) * m + src_pos % m
-    index = (src_c * h + src_y) * w + src_x
-    return index.reshape(-1), key.np_mask[pos].reshape(-1)
-
-
 class _Plan(NamedTuple):
-    index: torch.Tensor  # flat gather index, int64
-    mask: torch.Tensor  # bool, where the value is flipped
-    xor_bytes: torch.Tensor  # uint8 0/255 version of mask (255 - v == v XOR 0xFF)
+    index: torch.Tensor  # flat gather index over units (bytes, or 4-bit halves), int64
+    mask: torch.Tensor  # bool, where the unit is inverted
+    xor_units: torch.Tensor  # uint8 0/0xFF (0/0x0F for halves) version of mask: 255 - v == v ^ 255
 
 
-def _plan(key: BlockKey, decrypt: bool, device: torch.device, source_layout: str) -> _Plan:
+def _units_per_value(key: SchemeKey) -> int:
+    return 8 // key.UNIT_BITS  # 1: the plan moves bytes; 2: it moves 4-bit halves (LE, ELE)
+
+
+def _plan(key: SchemeKey, decrypt: bool, device: torch.device, source_layout: str) -> _Plan:
     if source_layout not in ("CHW", "HWC"):
         raise ValueError(f"source_layout must be 'CHW' or 'HWC', got {source_layout!r}")
+    if key.per_image:
+        raise CipherInputError(f"{key.scheme} draws a fresh key per image: it has no plan")
     name = ("cipher-plan", decrypt, source_layout, str(device))
     return key.derived(name, lambda: _build_plan(key, decrypt, device, source_layout))
 
 
-def _build_plan(key: BlockKey, decrypt: bool, device: torch.device, source_layout: str) -> _Plan:
-    index, mask = _encryption_plan(key)
+def _build_plan(key: SchemeKey, decrypt: bool, device: torch.device, source_layout: str) -> _Plan:
+    index, mask = key.unit_plan()  # the scheme's steps, compiled (schemes/*.py)
     if decrypt:
         inverse = torch.empty_like(index)
         inverse[index] = torch.arange(index.numel())
         index, mask = inverse, mask[inverse]
     if source_layout == "HWC":
-        c, (h, w) = key.channels, key.image_size
-        src_c, src_yx = index // (h * w), index % (h * w)
-        index = src_yx * c + src_c
-    return _Plan(index.to(device), mask.to(device), (mask.to(torch.uint8) * 255).to(device))
+        u, c, (h, w) = _units_per_value(key), key.channels, key.image_size
+        value, half = index // u, index % u
+        src_c, src_yx = value // (h * w), value % (h * w)
+        index = (src_yx * c + src_c) * u + half
+    xor = mask.to(torch.uint8) * (255 if key.UNIT_BITS == 8 else 15)
+    return _Plan(index.to(device), mask.to(device), xor.to(device))
 
 
 def gather_plan(
-    key: BlockKey,
+    key: SchemeKey,
     decrypt: bool = False,
     device: torch.device | str = "cpu",
     source_layout: str = "CHW",
@@ -96,13 +84,15 @@ def gather_plan(
     ``out`` is always in (C, H, W) order; ``source_layout="HWC"`` indexes a source laid out as
     (H, W, C), which fuses the HWC -> CHW copy of ``ToTensor`` into the encryption gather. For
     decryption the plan is the inverse gather, with the mask moved to plain positions. Kept
-    with the key (:meth:`BlockKey.derived`) per direction, layout and device.
+    with the key (:meth:`SchemeKey.derived`) per direction, layout and device. The units are
+    bytes, or for LE / ELE (``key.UNIT_BITS == 4``) 4-bit halves: byte p is units 2p (upper
+    half) and 2p + 1 (lower half).
     """
     plan = _plan(key, decrypt, torch.device(device), source_layout)
     return plan.index, plan.mask
 
 
-def _check_tensor(x: torch.Tensor, key: BlockKey) -> None:
+def _check_tensor(x: torch.Tensor, key: SchemeKey) -> None:
     expected = (key.channels, *key.image_size)
     if x.dim() not in (3, 4) or tuple(x.shape[-3:]) != expected:
         raise CipherInputError(
@@ -180,23 +170,102 @@ def _cpu_take(rows: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 
 def _flip(out: torch.Tensor, plan: _Plan) -> torch.Tensor:
     if out.dtype == torch.uint8:
-        return out.bitwise_xor_(plan.xor_bytes)  # one vectorised XOR with a 0/255 byte mask
+        return out.bitwise_xor_(plan.xor_units)  # one vectorised XOR with a 0/255 (0/15) mask
     return torch.where(plan.mask, 1 - out, out)
 
 
-def _apply_tensor(x: torch.Tensor, key: BlockKey, decrypt: bool) -> torch.Tensor:
+def _take(rows: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    if rows.device.type == "cpu":
+        return _cpu_take(rows.contiguous(), index)
+    return rows.index_select(1, index)
+
+
+# CPU lookup tables for the 4-bit halves (one numpy gather each, several times faster than
+# shifting, masking and interleaving): byte v -> the pair (v >> 4, v & 15) as two bytes of a
+# little-endian uint16, and such a pair of halves -> its byte.
+_SPLIT = np.array([(v >> 4) | ((v & 0x0F) << 8) for v in range(256)], dtype="<u2")
+_MERGE = np.array([((i & 0xFF) << 4 | i >> 8) & 0xFF for i in range(1 << 16)], dtype=np.uint8)
+
+
+def _split_halves(rows: torch.Tensor) -> torch.Tensor:
+    """(B, N) bytes -> (B, 2N) 4-bit halves, the upper half of each byte first."""
+    if rows.device.type == "cpu":
+        pairs = np.take(_SPLIT, rows.contiguous().numpy())
+        return torch.from_numpy(pairs.view(np.uint8)).view(rows.shape[0], -1)
+    return _split_halves_by_shifts(rows)
+
+
+def _split_halves_by_shifts(rows: torch.Tensor) -> torch.Tensor:
+    return torch.stack((rows >> 4, rows & 0x0F), dim=-1).view(rows.shape[0], -1)
+
+
+def _merge_halves(units: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`_split_halves` (every unit below 16)."""
+    if units.device.type == "cpu":
+        pairs = units.contiguous().numpy().view("<u2")
+        return torch.from_numpy(np.take(_MERGE, pairs))
+    return _merge_halves_by_shifts(units)
+
+
+def _merge_halves_by_shifts(units: torch.Tensor) -> torch.Tensor:
+    pairs = units.view(units.shape[0], -1, 2)
+    return (pairs[..., 0] << 4) | pairs[..., 1]
+
+
+def _exact_bytes(x: torch.Tensor, key: SchemeKey) -> torch.Tensor:
+    """Floats in [0, 1] that are 8-bit levels (k / 255 as ToTensor makes them, in any float
+    dtype) as uint8, exactly; anything else is refused.
+
+    The 4-bit halves of LE / ELE exist only for 8-bit values. A value counts as level k when it
+    is k / 255 rounded to its dtype (for every k and every float dtype that is also what
+    ToTensor's float32 division, cast to the dtype, gives: the tests check all 256 levels).
+    """
+    levels = (x.double() * 255).round()
+    if not bool(((levels / 255).to(x.dtype) == x).all()):
+        raise CipherInputError(
+            f"the {key.scheme} scheme shuffles the 4-bit halves of 8-bit values: floating images "
+            "must hold 8-bit levels k / 255 (as ToTensor makes them); pass uint8 or encrypt "
+            "before any resize, normalisation or augmentation that leaves the 255-level grid"
+        )
+    return levels.to(torch.uint8)
+
+
+def _levels_to_float(out: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    wide = torch.float64 if dtype == torch.float64 else torch.float32  # ToTensor divides in f32
+    return out.to(wide).div_(255).to(dtype)
+
+
+def _apply_units(rows: torch.Tensor, key: SchemeKey, plan: _Plan) -> torch.Tensor:
+    """The gather and XOR over a (B, N) uint8 or float batch, in the plan's units."""
+    if key.UNIT_BITS == 8:
+        return _flip(_take(rows, plan.index), plan)
+    as_bytes = rows if rows.dtype == torch.uint8 else _exact_bytes(rows, key)
+    out = _merge_halves(_flip(_take(_split_halves(as_bytes), plan.index), plan))
+    return out if rows.dtype == torch.uint8 else _levels_to_float(out, rows.dtype)
+
+
+def _apply_per_image(x: torch.Tensor, key: PerImagePE) -> torch.Tensor:
+    """pe-per-image: one fresh gather and flip per image, drawn for the whole batch at once."""
+    rows = x.reshape(-1, x.shape[-3:].numel())
+    index, mask = key.fresh_plans(rows.shape[0])
+    out = torch.gather(rows, 1, index.to(rows.device))
+    mask = mask.to(rows.device)
+    if out.dtype == torch.uint8:
+        return out.bitwise_xor_(mask.to(torch.uint8) * 255).view(x.shape)
+    return torch.where(mask, 1 - out, out).view(x.shape)
+
+
+def _apply_tensor(x: torch.Tensor, key: SchemeKey, decrypt: bool) -> torch.Tensor:
     """``flip(x[..., index], mask)`` over flattened images: the core of the cipher."""
     _check_tensor(x, key)
+    if key.per_image:
+        return _apply_per_image(x, key)  # type: ignore[arg-type]
     plan = _plan(key, decrypt, x.device, "CHW")
-    rows = x.reshape(-1, plan.index.numel())
-    if rows.device.type == "cpu":
-        out = _cpu_take(rows.contiguous(), plan.index)
-    else:
-        out = rows.index_select(1, plan.index)
-    return _flip(out, plan).view(x.shape)
+    rows = x.reshape(-1, x.shape[-3:].numel())
+    return _apply_units(rows, key, plan).view(x.shape)
 
 
-def encrypt_hwc_to_chw(a: np.ndarray, key: BlockKey, decrypt: bool = False) -> torch.Tensor:
+def encrypt_hwc_to_chw(a: np.ndarray, key: SchemeKey, decrypt: bool = False) -> torch.Tensor:
     """Encrypt (or decrypt) one uint8 (H, W, C) array straight into a (C, H, W) tensor.
 
     The layout change ``ToTensor`` would make is folded into the encryption's single gather, so
@@ -208,12 +277,27 @@ def encrypt_hwc_to_chw(a: np.ndarray, key: BlockKey, decrypt: bool = False) -> t
         raise CipherInputError(
             f"expected a uint8 (H, W, C) = {(h, w, c)} image, got {a.dtype} {a.shape}"
         )
+    _refuse_per_image_decryption(key, decrypt)
+    if key.per_image:  # no plan to fuse the layout change into
+        chw = torch.from_numpy(np.ascontiguousarray(a.reshape(h, w, c).transpose(2, 0, 1)))
+        return _apply_tensor(chw, key, decrypt)
     plan = _plan(key, decrypt, torch.device("cpu"), "HWC")
-    out = torch.from_numpy(np.take(a.reshape(-1), plan.index.numpy()))  # a may be read-only
-    return _flip(out, plan).view(c, h, w)
+    if key.UNIT_BITS == 8:
+        out = torch.from_numpy(np.take(a.reshape(-1), plan.index.numpy()))  # a may be read-only
+        return _flip(out, plan).view(c, h, w)
+    row = torch.from_numpy(a.reshape(1, -1).copy())
+    return _apply_units(row, key, plan).view(c, h, w)
 
 
-def _numpy_layout(a: np.ndarray, key: BlockKey, layout: Layout) -> str:
+def _refuse_per_image_decryption(key: SchemeKey, decrypt: bool) -> None:
+    if decrypt and key.per_image:
+        raise CipherInputError(
+            f"{key.scheme} images cannot be decrypted, by design: each image was encrypted with "
+            "a fresh key that was never stored"
+        )
+
+
+def _numpy_layout(a: np.ndarray, key: SchemeKey, layout: Layout) -> str:
     c, (h, w) = key.channels, key.image_size
     if a.ndim == 2 and c == 1 and a.shape == (h, w):
         return "HW"
@@ -232,7 +316,7 @@ def _numpy_layout(a: np.ndarray, key: BlockKey, layout: Layout) -> str:
     return "HWC" if hwc else "CHW"
 
 
-def _apply_numpy(a: np.ndarray, key: BlockKey, decrypt: bool, layout: Layout) -> np.ndarray:
+def _apply_numpy(a: np.ndarray, key: SchemeKey, decrypt: bool, layout: Layout) -> np.ndarray:
     if a.dtype != np.uint8:
         raise CipherInputError(f"numpy images must be uint8, got {a.dtype}")
     found = _numpy_layout(a, key, layout)
@@ -250,7 +334,7 @@ def _apply_numpy(a: np.ndarray, key: BlockKey, decrypt: bool, layout: Layout) ->
     return out.contiguous().numpy()
 
 
-def _apply_pil(img: Image.Image, key: BlockKey, decrypt: bool) -> Image.Image:
+def _apply_pil(img: Image.Image, key: SchemeKey, decrypt: bool) -> Image.Image:
     mode = IMAGE_MODES.get(key.channels)
     if img.mode != mode:
         raise CipherInputError(
@@ -266,7 +350,8 @@ def _apply_pil(img: Image.Image, key: BlockKey, decrypt: bool) -> Image.Image:
     return Image.fromarray(_apply_numpy(np.array(img), key, decrypt, "HWC"))
 
 
-def _apply(x, key: BlockKey, decrypt: bool, layout: Layout):
+def _apply(x, key: SchemeKey, decrypt: bool, layout: Layout):
+    _refuse_per_image_decryption(key, decrypt)
     if isinstance(x, torch.Tensor):
         return _apply_tensor(x, key, decrypt)
     if isinstance(x, np.ndarray):
@@ -279,7 +364,7 @@ def _apply(x, key: BlockKey, decrypt: bool, layout: Layout):
     )
 
 
-def encrypt(x: ImageLike, key: BlockKey, *, layout: Layout = "auto") -> ImageLike:
+def encrypt(x: ImageLike, key: SchemeKey, *, layout: Layout = "auto") -> ImageLike:
     """Encrypt an image or a batch with ``key`` (paper Sec. III-A).
 
     Args:
@@ -297,6 +382,7 @@ def encrypt(x: ImageLike, key: BlockKey, *, layout: Layout = "auto") -> ImageLik
         The encrypted image, of the same type, shape, dtype (and device) as ``x``.
 
     Example:
+        >>> from timm_ppconvmixer import BlockKey
         >>> key = BlockKey.generate(32, 4, seed=0)
         >>> x = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
         >>> torch.equal(decrypt(encrypt(x, key), key), x)
@@ -305,6 +391,6 @@ def encrypt(x: ImageLike, key: BlockKey, *, layout: Layout = "auto") -> ImageLik
     return _apply(x, key, False, layout)
 
 
-def decrypt(x: ImageLike, key: BlockKey, *, layout: Layout = "auto") -> ImageLike:
+def decrypt(x: ImageLike, key: SchemeKey, *, layout: Layout = "auto") -> ImageLike:
     """Invert :func:`encrypt` (same inputs and rules). Exact for uint8."""
     return _apply(x, key, True, layout)

@@ -19,7 +19,7 @@ from PIL import Image
 from .cipher import decrypt as decrypt_array
 from .cipher import encrypt as encrypt_array
 from .images import RESIZE_POLICIES, mode_for_channels, prepare_image
-from .key import BlockKey
+from .key import SchemeKey
 
 __all__ = [
     "FASHION_MNIST_CLASSES",
@@ -124,7 +124,7 @@ def load_fashion_mnist(
     return ds if limit is None else ds.select(range(min(limit, len(ds))))
 
 
-def _encrypt_batch(batch: dict, key: BlockKey, column: str, resize: str, decrypt: bool) -> dict:
+def _encrypt_batch(batch: dict, key: SchemeKey, column: str, resize: str, decrypt: bool) -> dict:
     images = [prepare_image(img, key, resize) for img in batch[column]]
     stacked = np.stack([np.asarray(img) for img in images])  # (B, H, W) or (B, H, W, C)
     if key.channels == 1:
@@ -137,7 +137,7 @@ def _encrypt_batch(batch: dict, key: BlockKey, column: str, resize: str, decrypt
 
 def encrypt_dataset(
     ds,
-    key: BlockKey,
+    key: SchemeKey,
     image_column: str = "image",
     *,
     num_proc: int | None = None,
@@ -181,7 +181,7 @@ def encrypt_dataset(
 def encrypt_saved_dataset(
     src: str | os.PathLike,
     dst: str | os.PathLike,
-    key: BlockKey,
+    key: SchemeKey,
     *,
     image_column: str = "image",
     resize: str = "shorter-center-crop",

@@ -21,7 +21,7 @@ from torchvision import transforms as T
 
 from .cipher import decrypt, encrypt, encrypt_hwc_to_chw
 from .images import DEFAULT_INTERPOLATION, KeyImageMode, mode_for_channels, timm_crop_mode
-from .key import BlockKey
+from .key import SchemeKey
 
 __all__ = [
     "BlockScramble",
@@ -48,7 +48,7 @@ class BlockScramble:
     fingerprint, never the key.
     """
 
-    def __init__(self, key: BlockKey, decrypt: bool = False) -> None:
+    def __init__(self, key: SchemeKey, decrypt: bool = False) -> None:
         self.key = key
         self.decrypt = decrypt
 
@@ -77,7 +77,7 @@ class EncryptToTensor:
     way and then encrypted.
     """
 
-    def __init__(self, key: BlockKey, scale: bool = True) -> None:
+    def __init__(self, key: SchemeKey, scale: bool = True) -> None:
         self.key = key
         self.scale = scale
 
@@ -98,25 +98,31 @@ class EncryptToTensor:
 
 class PlainRandomErasing:
     """timm's ``RandomErasing`` moved to the plain domain: it runs on the [0, 1] image before
-    encryption and its random fill is clipped to [0, 1] (timm fills normalised values)."""
+    encryption and its random fill is clipped to [0, 1] (timm fills normalised values).
 
-    def __init__(self, erasing: RandomErasing) -> None:
+    With ``quantize=True`` the result is rounded to 8-bit levels k / 255, as if the erased image
+    were saved: the schemes that shuffle 4-bit halves (LE, ELE) encrypt only 8-bit values.
+    """
+
+    def __init__(self, erasing: RandomErasing, quantize: bool = False) -> None:
         self.erasing = erasing
+        self.quantize = quantize
 
     def __call__(self, img: torch.Tensor) -> torch.Tensor:
-        return self.erasing(img).clamp_(0.0, 1.0)
+        out = self.erasing(img).clamp_(0.0, 1.0)
+        return out.mul_(255).round_().div_(255) if self.quantize else out
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.erasing!r})"
 
 
 def create_transform(
-    key: BlockKey,
+    key: SchemeKey,
     is_training: bool = False,
     resize: str = "shorter-center-crop",
     **timm_kwargs: Any,
 ) -> T.Compose:
-    """``timm.data.create_transform`` with block-wise encryption in the right place.
+    """``timm.data.create_transform`` with encryption (any scheme's key) in the right place.
 
     The image is brought to the key's size (``input_size`` is the key's ``(C, H, W)``), augmented
     in the plain domain, converted to a tensor, encrypted, then normalised (or, with
@@ -136,6 +142,7 @@ def create_transform(
     must equal the key's; ``separate`` is not supported.
 
     Example:
+        >>> from timm_ppconvmixer import BlockKey
         >>> key = BlockKey.generate(224, 16, seed=0)
         >>> tf = create_transform(key, is_training=False)
     """
@@ -166,7 +173,9 @@ def create_transform(
     if at is None:
         raise ValueError("timm's pipeline has no to-tensor step to encrypt after")
     if erasing:  # erasing needs the plain tensor: convert, erase, then encrypt
-        steps[at + 1 : at + 1] = [*(PlainRandomErasing(e) for e in erasing), BlockScramble(key)]
+        quantize = key.UNIT_BITS == 4
+        erase = [PlainRandomErasing(e, quantize=quantize) for e in erasing]
+        steps[at + 1 : at + 1] = [*erase, BlockScramble(key)]
     elif isinstance(steps[at], (MaybeToTensor, MaybePILToTensor)):
         steps[at] = EncryptToTensor(key, scale=isinstance(steps[at], MaybeToTensor))
     else:

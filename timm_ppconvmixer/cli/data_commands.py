@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 from ..folders import RESIZE_POLICIES, BadImagesError, FolderError, encrypt_folder
-from ..key import BlockKey
-from .common import CLIError
+from ..key import load_key
+from .common import CLIError, add_key_source_arguments, key_from_args
 
 __all__ = ["add_data_parsers"]
 
@@ -54,7 +54,7 @@ def _add_folder_parsers(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _add_common_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--key", required=True, help="key file")
+    add_key_source_arguments(p)
     p.add_argument("src", help="input folder tree")
     p.add_argument("dst", help="output folder (created; resumed if an earlier run stopped)")
     p.add_argument("--workers", type=int, default=2, help="worker processes (default: 2)")
@@ -69,7 +69,7 @@ def _cmd_folder(args: argparse.Namespace) -> None:
 
     Errors end as one ``CLIError`` line (after one line per bad image on stderr).
     """
-    key = BlockKey.load(args.key)
+    key = key_from_args(args, decrypt=args.decrypt)
     try:
         report = encrypt_folder(
             args.src,
@@ -151,15 +151,15 @@ def _cmd_encrypt(args: argparse.Namespace) -> None:
     from ..hub import push_encrypted_dataset
 
     src = Path(args.src)
+    key = key_from_args(args, decrypt=False)
     if (src / "dataset_dict.json").is_file() or (src / "state.json").is_file():
-        key = BlockKey.load(args.key)
         workers = args.workers if args.workers > 1 else None
         out = encrypt_saved_dataset(src, args.dst, key, resize=args.resize, num_proc=workers)
         print(f"wrote {out} (key {key.fingerprint})")
     else:
         _cmd_folder(args)
     if args.push_to_hub:
-        push_encrypted_dataset(args.dst, args.push_to_hub, key=BlockKey.load(args.key),
+        push_encrypted_dataset(args.dst, args.push_to_hub, key=key,
                                max_shard_size=args.max_shard_size, private=not args.public,
                                license=args.license, token=args.token)  # fmt: skip
 
@@ -168,7 +168,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     from ..atomic import atomic_write_bytes
     from ..hub import evaluate_with_key, push_evaluation
 
-    key = BlockKey.load(args.key)
+    key = load_key(args.key)
     if args.push_card and not args.model.startswith("hf-hub:"):
         raise CLIError("--push-card updates a Hub model card: MODEL must be hf-hub:OWNER/NAME")
     results = evaluate_with_key(args.model, args.data, key, split=args.split, limit=args.limit,

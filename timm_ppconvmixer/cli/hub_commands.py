@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from ..hub import load_model, push_to_hub, read_metrics_file, recipe_from_file
-from ..key import BlockKey
+from ..key import load_key
 from .common import CLIError
 
 __all__ = ["add_attack_parser", "add_push_parser"]
@@ -53,7 +53,7 @@ def add_push_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _cmd_push(args: argparse.Namespace) -> None:
-    key = BlockKey.load(args.key) if args.key else None
+    key = load_key(args.key) if args.key else None
     metrics = read_metrics_file(args.metrics) if args.metrics else None
     recipe = recipe_from_file(args.recipe) if args.recipe else None
     model = load_model(args.model, ema=args.ema)

@@ -10,8 +10,17 @@ from pathlib import Path
 from ..atomic import atomic_save
 from ..cipher import decrypt, encrypt
 from ..images import prepare_image
-from ..key import BlockKey
-from .common import IMAGE_FORMATS, CLIError, check_lossless, open_image, parse_floats, parse_size
+from ..key import SCHEMES, BlockKey, generate_key, load_key
+from .common import (
+    IMAGE_FORMATS,
+    CLIError,
+    add_key_source_arguments,
+    check_lossless,
+    key_from_args,
+    open_image,
+    parse_floats,
+    parse_size,
+)
 
 __all__ = ["add_key_parsers"]
 
@@ -20,8 +29,17 @@ def add_key_parsers(sub: argparse._SubParsersAction) -> None:
     """``keygen``, ``key-info``, ``encrypt-image``, ``decrypt-image``, ``convert``."""
     p = sub.add_parser("keygen", help="generate a secret key file (mode 0600)")
     p.add_argument("output", help="path of the key file to write")
+    p.add_argument(
+        "--scheme",
+        choices=SCHEMES,
+        default="blockwise",
+        help="blockwise (default: the paper's scheme), le, ele, etc or pe; see docs/design.md. "
+        "Only blockwise has a security evaluation so far",
+    )
     p.add_argument("--image-size", type=parse_size, default=(224, 224), help="224 or HxW")
-    p.add_argument("--block-size", type=int, default=16, help="block (= patch) size M")
+    p.add_argument(
+        "--block-size", type=int, default=None, help="block (= patch) size M (16; pe: 1)"
+    )
     p.add_argument("--channels", type=int, default=3, choices=(1, 3))
     p.add_argument("--seed", type=int, default=None, help="reproducible key (tests/demos only)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing key file")
@@ -36,7 +54,7 @@ def add_key_parsers(sub: argparse._SubParsersAction) -> None:
         ("decrypt-image", True, "decrypt an encrypted image (owner only)"),
     ):
         p = sub.add_parser(name, help=text)
-        p.add_argument("--key", required=True, help="key file")
+        add_key_source_arguments(p)
         p.add_argument("input")
         p.add_argument("output", help="lossless output file (.png recommended)")
         p.set_defaults(func=lambda a, inv=inverse: _cmd_image(a, inv))
@@ -70,7 +88,16 @@ def add_key_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_keygen(args: argparse.Namespace) -> None:
-    key = BlockKey.generate(args.image_size, args.block_size, args.channels, seed=args.seed)
+    block_size = args.block_size
+    if block_size is None:
+        block_size = 1 if args.scheme == "pe" else 16
+    key = generate_key(
+        args.scheme,
+        image_size=args.image_size,
+        block_size=block_size,
+        channels=args.channels,
+        seed=args.seed,
+    )
     key.save(args.output, overwrite=args.overwrite)
     print(f"wrote {args.output} (mode 0600): {key}")
     if args.seed is not None:
@@ -78,12 +105,12 @@ def _cmd_keygen(args: argparse.Namespace) -> None:
 
 
 def _cmd_key_info(args: argparse.Namespace) -> None:
-    key = BlockKey.load(args.key)
+    key = load_key(args.key)
     print(json.dumps(key.describe(), indent=2))
 
 
 def _cmd_image(args: argparse.Namespace, inverse: bool) -> None:
-    key = BlockKey.load(args.key)
+    key = key_from_args(args, decrypt=inverse)
     out = Path(args.output)
     check_lossless(out)
     img = open_image(Path(args.input))

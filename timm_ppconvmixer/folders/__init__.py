@@ -46,7 +46,7 @@ import time
 from pathlib import Path
 
 from ..images import RESIZE_POLICIES
-from ..key import BlockKey
+from ..key import SchemeKey
 from .manifest import (
     MANIFEST_NAME,
     check_source_manifest,
@@ -75,7 +75,7 @@ _LOSSY_FORMATS = {"jpeg", "jpg", "webp", "jp2", "jpx", "gif", "heic", "heif", "a
 def encrypt_folder(
     src: str | os.PathLike,
     dst: str | os.PathLike,
-    key: BlockKey,
+    key: SchemeKey,
     *,
     workers: int = 2,
     resize: str = "shorter-center-crop",
@@ -131,7 +131,7 @@ def encrypt_folder(
 def decrypt_folder(
     src: str | os.PathLike,
     dst: str | os.PathLike,
-    key: BlockKey,
+    key: SchemeKey,
     *,
     workers: int = 2,
     skip_bad: bool = False,

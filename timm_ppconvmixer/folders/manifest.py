@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..atomic import atomic_write_bytes, is_temp_file
-from ..key import BlockKey
+from ..key import SchemeKey
 from .report import FolderError
 
 try:
@@ -41,7 +41,7 @@ def _read_manifest(path: Path) -> dict[str, Any]:
     return data
 
 
-def claim_destination(dst: Path, key: BlockKey, resize: str) -> None:
+def claim_destination(dst: Path, key: SchemeKey, resize: str) -> None:
     """Write DST's manifest, or check that an existing one belongs to this key and policy.
 
     One dataset, one key: resuming into a DST made with another key or policy would mix images
@@ -69,7 +69,7 @@ def claim_destination(dst: Path, key: BlockKey, resize: str) -> None:
     atomic_write_bytes(dst / MANIFEST_NAME, (json.dumps(manifest, indent=2) + "\n").encode())
 
 
-def check_source_manifest(src: Path, key: BlockKey) -> None:
+def check_source_manifest(src: Path, key: SchemeKey) -> None:
     path = src / MANIFEST_NAME
     if path.exists():
         made_with = _read_manifest(path).get("fingerprint")

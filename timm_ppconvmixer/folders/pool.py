@@ -25,7 +25,7 @@ from ..atomic import atomic_save
 from ..cipher import decrypt as decrypt_image
 from ..cipher import encrypt as encrypt_image
 from ..images import ImagePolicyError, mode_for_channels, prepare_image
-from ..key import BlockKey
+from ..key import SchemeKey
 from .report import BadImage, FolderError, FolderReport
 from .scan import output_name, scan
 
@@ -46,7 +46,7 @@ _UNREADABLE = (
 
 @dataclass(frozen=True)
 class Job:
-    key: BlockKey
+    key: SchemeKey
     src: Path
     dst: Path
     resize: str
@@ -197,7 +197,7 @@ def _convert(job: Job, path: Path) -> Image.Image:
     return encrypt_image(prepare_image(image, job.key, job.resize), job.key)
 
 
-def _check_encrypted(image: Image.Image, path: Path, key: BlockKey) -> Image.Image:
+def _check_encrypted(image: Image.Image, path: Path, key: SchemeKey) -> Image.Image:
     if path.suffix.lower() in (".jpg", ".jpeg"):
         raise _UnusableImageError(
             "JPEG is lossy and cannot hold an encrypted image exactly; use the PNG"

@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from ..key import BlockKey
+from ..key import SchemeKey
 from .errors import HubError
 
 __all__ = ["DATASET_TAGS", "dataset_card", "fingerprint_from_card", "read_front_matter"]
@@ -58,7 +58,7 @@ def _size_category(n: int) -> str:
     return "100K<n<1M" if n < 1_000_000 else "1M<n<10M"
 
 
-def _metadata(key: BlockKey, splits: Mapping[str, int], options: Mapping[str, Any]) -> dict:
+def _metadata(key: SchemeKey, splits: Mapping[str, int], options: Mapping[str, Any]) -> dict:
     from huggingface_hub import DatasetCardData
 
     facts = key.describe()
@@ -91,7 +91,7 @@ def _metadata(key: BlockKey, splits: Mapping[str, int], options: Mapping[str, An
 
 
 def dataset_card(
-    key: BlockKey,
+    key: SchemeKey,
     splits: Mapping[str, int],
     *,
     repo_id: str,
@@ -126,6 +126,30 @@ def dataset_card(
     return str(DatasetCard(f"---\n{yaml_text}\n---\n\n{body}"))
 
 
+def _steps(key: SchemeKey, m: int) -> str:
+    """What the scheme did to the images, in one paragraph (no secret)."""
+    who = (
+        "Every image was encrypted with its own fresh key, which nobody kept."
+        if key.per_image
+        else "One key encrypts every image of this dataset."
+    )
+    return f"{type(key).SUMMARY.format(m=m)} {who}"
+
+
+def _security(key: SchemeKey) -> str:
+    if key.scheme != "blockwise":
+        return (
+            f"The `{key.scheme}` scheme has no security evaluation in timm-ppconvmixer yet "
+            "(the cross-scheme evaluation is pending); this card claims no protection for it. "
+            "Keep the repository private to the parties who need it."
+        )
+    return """The scheme's security is evaluated in the security evaluation of timm-ppconvmixer
+(`docs/security.md` in its repository), which attacks the encryption and reports what falls;
+this card claims nothing beyond it. One key encrypts every image here, so whoever holds many
+of these images (the provider who trains on them holds them all) holds many samples of the
+same secret and can attack the key. Keep the repository private to the parties who need it."""
+
+
 def _body(key, splits, repo_id, class_names, options) -> str:
     facts = key.describe()
     h, w = facts["image_size"]
@@ -154,8 +178,7 @@ this repository holds only its public fingerprint. {classes}
 | image preparation | `{options["resize"]}` to {h}x{w} (timm's bicubic eval resize) |
 | storage | lossless PNG in sharded parquet (column `{options["image_column"]}`) |
 
-Each image is split into {m}x{m} blocks; the blocks are permuted, the pixels inside every block
-are shuffled and some are inverted (v -> 255 - v). One key encrypts every image of this dataset.
+{_steps(key, m)}
 Labels (column `{options["label_column"]}`) are not encrypted.
 
 | split | examples |
@@ -189,11 +212,7 @@ pixels and break the block structure. With timm's `train.py`: `--no-aug --reprob
 
 ## Security
 
-The scheme's security is evaluated in the security evaluation of timm-ppconvmixer
-(`docs/security.md` in its repository), which attacks the encryption and reports what falls;
-this card claims nothing beyond it. One key encrypts every image here, so whoever holds many
-of these images (the provider who trains on them holds them all) holds many samples of the
-same secret and can attack the key. Keep the repository private to the parties who need it.
+{_security(key)}
 
 ## Citation
 

@@ -24,7 +24,7 @@ from typing import Any
 from ..atomic import atomic_write_bytes
 from ..data import encrypt_dataset
 from ..folders.manifest import MANIFEST_NAME
-from ..key import BlockKey
+from ..key import SchemeKey
 from .dataset_card import dataset_card
 from .dataset_stage import (
     card_metadata,
@@ -43,7 +43,7 @@ __all__ = ["load_encrypted_source", "push_encrypted_dataset"]
 _SAVED_MARKERS = ("dataset_dict.json", "state.json")  # what save_to_disk writes
 
 
-def _read_manifest(folder: Path, key: BlockKey) -> dict:
+def _read_manifest(folder: Path, key: SchemeKey) -> dict:
     manifest = json.loads((folder / MANIFEST_NAME).read_text(encoding="utf-8"))
     if manifest.get("fingerprint") != key.fingerprint:
         raise HubError(
@@ -55,7 +55,7 @@ def _read_manifest(folder: Path, key: BlockKey) -> dict:
 
 def load_encrypted_source(
     source: Any,
-    key: BlockKey,
+    key: SchemeKey,
     *,
     encrypt: bool = False,
     split: str = "train",
@@ -127,7 +127,7 @@ def push_encrypted_dataset(
     ds_or_path: Any,
     repo_id: str,
     *,
-    key: BlockKey,
+    key: SchemeKey,
     encrypt: bool = False,
     split: str = "train",
     image_column: str = "image",

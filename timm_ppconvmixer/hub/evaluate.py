@@ -18,7 +18,7 @@ from torch import nn
 from ..atomic import atomic_write_bytes
 from ..cipher import decrypt, encrypt
 from ..images import prepare_image
-from ..key import BlockKey
+from ..key import SchemeKey
 from .dataset_card import read_front_matter
 from .dataset_stage import check_encrypted_with
 from .errors import HubError
@@ -35,7 +35,7 @@ from .model_folder import first_line, load_model, transport_errors
 __all__ = ["evaluate_with_key", "push_evaluation"]
 
 
-def _load_split(dataset: Any, key: BlockKey, split: str, encrypted: bool | None, token):
+def _load_split(dataset: Any, key: SchemeKey, split: str, encrypted: bool | None, token):
     """``(Dataset, encrypted, Hub id or None)`` of what to evaluate on."""
     import datasets
 
@@ -73,7 +73,7 @@ def _accuracy(model: nn.Module, images: np.ndarray, labels: torch.Tensor, mean, 
 def evaluate_with_key(
     model_or_hub_id: nn.Module | str,
     dataset: Any,
-    key: BlockKey,
+    key: SchemeKey,
     *,
     split: str = "test",
     encrypted: bool | None = None,
@@ -81,7 +81,7 @@ def evaluate_with_key(
     batch_size: int = 256,
     image_column: str = "image",
     label_column: str = "label",
-    wrong_key: BlockKey | None = None,
+    wrong_key: SchemeKey | None = None,
     token: str | None = None,
 ) -> dict:
     """Top-1 accuracy of a model on ``dataset``'s ``split``: with the images encrypted with
@@ -112,7 +112,7 @@ def evaluate_with_key(
     ds = ds.select(range(min(limit, len(ds)))) if limit is not None else ds
     if encrypted:
         check_encrypted_with(ds, key, image_column, f"split {split}")
-    wrong = wrong_key or BlockKey.generate(key.image_size, key.block_size, key.channels)
+    wrong = wrong_key or type(key).generate(key.image_size, key.block_size, key.channels)
     from timm.data import resolve_model_data_config
 
     cfg = resolve_model_data_config(model)
@@ -170,7 +170,7 @@ def push_evaluation(
     repo_id: str,
     results: Mapping[str, Any],
     *,
-    key: BlockKey,
+    key: SchemeKey,
     dataset: str | Mapping[str, Any] | None = None,
     model_name: str | None = None,
     token: str | None = None,

@@ -11,7 +11,7 @@ import numpy as np
 import safetensors.torch
 import torch
 
-from ..key import SCHEME, BlockKey
+from ..key import SchemeKey, scheme_file_names
 from ..permutation import (
     BlockOrderRecovery,
     HardPermutation,
@@ -34,13 +34,23 @@ from .key_patterns import (
 __all__ = ["files_to_scan", "scan_file"]
 
 
-def _scan_key_file(data: bytes, key: BlockKey | None, file: str) -> list[Finding]:
-    """A copy of the key file (or of any key file of this scheme, even without ``key``)."""
-    if key is not None and key.to_json().encode() in data:
+def _scan_key_file(data: bytes, key: SchemeKey | None, file: str) -> list[Finding]:
+    """A copy of the key file (or of any scheme's key file, even without ``key``)."""
+    if key is not None and not key.per_image and key.to_json().encode() in data:
         return [Finding(file, "a copy of the key file", "key.to_json() verbatim")]
-    if SCHEME.encode() in data and b'"pixel_perm"' in data and b'"block_perm"' in data:
-        return [Finding(file, f"a {SCHEME} key file", "fields scheme, block_perm, pixel_perm")]
+    for scheme, names in scheme_file_names().items():
+        if scheme.encode() in data and all(f'"{name}"'.encode() in data for name in names):
+            fields = ", ".join(("scheme", *names))
+            return [Finding(file, f"a {scheme} key file", f"fields {fields}")]
     return []
+
+
+def _block_order(key: SchemeKey | None) -> np.ndarray | None:
+    """The key's block permutation, for the schemes that have one (blockwise, ELE, EtC)."""
+    if key is None or key.per_image:
+        return None
+    items = {f.name: values for f, values in key.secret_items()}
+    return items.get("block_perm")
 
 
 def _utf8(data: bytes) -> str | None:
@@ -90,12 +100,14 @@ def _permutation_of_tensor(name: str, t: torch.Tensor) -> torch.Tensor | None:
     return None if order is None else torch.eye(len(order))[torch.as_tensor(order)]
 
 
-def _key_order_share(matrix: torch.Tensor, key: BlockKey | None) -> BlockOrderRecovery | None:
+def _key_order_share(matrix: torch.Tensor, key: SchemeKey | None) -> BlockOrderRecovery | None:
     """How much of the key's block order ``matrix`` states (it or its transpose, exact and up
     to the grid's symmetries), or None without a key of that size."""
-    if key is None or key.num_blocks != matrix.shape[0]:
+    block = _block_order(key)
+    if block is None or len(block) != matrix.shape[0]:
         return None
-    shares = [block_order_recovery(m, key.block_perm, key.grid_size) for m in (matrix, matrix.T)]
+    truth = torch.from_numpy(np.asarray(block))
+    shares = [block_order_recovery(m, truth, key.grid_size) for m in (matrix, matrix.T)]
     return max(shares, key=lambda r: (r.up_to_symmetry, r.exact))
 
 
@@ -107,7 +119,7 @@ def _shares(r: BlockOrderRecovery) -> str:
 
 
 def _scan_permutation_tensor(
-    name: str, t: torch.Tensor, key: BlockKey | None, file: str
+    name: str, t: torch.Tensor, key: SchemeKey | None, file: str
 ) -> tuple[bool, list[Finding]]:
     """(is a permutation P, findings). With a key: flag P holding the key's block order (or
     its inverse, or either up to the grid's rotations and mirrors). Without one: flag any P
@@ -155,7 +167,7 @@ def _candidate_matrices(name: str, t: torch.Tensor, tensors: dict, model_args: d
 
 
 def _closeness_warning(
-    name: str, t: torch.Tensor, key: BlockKey | None, file: str, candidates: list
+    name: str, t: torch.Tensor, key: SchemeKey | None, file: str, candidates: list
 ) -> list[Finding]:
     """Warn about a square float tensor whose effective matrix is close to a permutation that
     is not the identity, or (with the key) whose nearest permutation states much of the key's
@@ -247,7 +259,7 @@ def _model_args(weights: Path) -> dict:
     return args if isinstance(args, dict) else {}
 
 
-def scan_file(path: Path, file: str, key: BlockKey | None, secrets: list[Secret]) -> list:
+def scan_file(path: Path, file: str, key: SchemeKey | None, secrets: list[Secret]) -> list:
     data = path.read_bytes()
     findings = _scan_key_file(data, key, file)
     parsed = _read_safetensors(data)

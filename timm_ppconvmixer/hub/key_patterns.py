@@ -1,5 +1,13 @@
-"""How a key's secrets look inside a file: windows of its permutations and mask, found in
-numbers written as text and in raw integers or floats of every width, byte order and alignment.
+"""How a key's secrets look inside a file: windows of its permutations and masks (and of any
+other secret sequence of a scheme), found in numbers written as text and in raw integers or
+floats of every width, byte order and alignment.
+
+Every scheme's key lists its secret fields (``SchemeKey.secret_items``). A one-row
+permutation is found by its successor relation (and so is its inverse); a 0/1 mask by its
+packed windows; any other secret sequence (several permutations stored row after row, such as
+ELE's per-block shuffles or EtC's channel orders, and codes such as EtC's rotations) by a hash
+of every window long enough to hold 64 bits of secret (the inverses of such row-wise
+permutations are not looked for).
 
 Used by the leak guard (:mod:`timm_ppconvmixer.hub.leak_guard`); what it detects and what it
 cannot is listed in ``docs/hub.md``.
@@ -14,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..key import BlockKey
+from ..key import SchemeKey
 
 __all__ = ["MASK_WINDOW", "MIN_WINDOW_BITS", "PERM_WINDOW", "Finding"]
 
@@ -26,6 +34,9 @@ MASK_WINDOW = 64
 # A window with less information than this matches by chance somewhere; a secret that small
 # (a block permutation of <= 12 blocks, a mask shorter than 32) is brute-forced anyway.
 MIN_WINDOW_BITS = 32.0
+# Secret bits in a window of any other secret sequence (the mask's 64, for the same reason).
+SEQUENCE_WINDOW_BITS = 64.0
+_HASH_BASE = np.uint64(0x9E3779B97F4A7C15)  # odd: windows of small integers hash apart
 
 # Raw numeric encodings the guard reads every non-safetensors file as, at every alignment.
 _RAW_INT_VIEWS = (
@@ -84,10 +95,20 @@ class Secret:
     window: int
     successor: np.ndarray | None = None  # permutations: value -> next value, -2 after the last
     codes: np.ndarray | None = None  # the mask: every window packed into a uint64
+    hashes: np.ndarray | None = None  # other sequences: a hash of every window, sorted
 
     @property
     def is_mask(self) -> bool:
         return self.codes is not None
+
+    @property
+    def is_sequence(self) -> bool:
+        return self.hashes is not None
+
+    @property
+    def alphabet(self) -> int:
+        """Secret values lie in 0..alphabet-1."""
+        return 2 if self.is_mask else int(self.values.max(initial=0)) + 1
 
 
 def _permutation_bits(length: int, window: int) -> float:
@@ -114,7 +135,7 @@ def _pack_windows(bits: np.ndarray, window: int) -> np.ndarray:
     return packed
 
 
-def _mask_secret(mask: np.ndarray) -> Secret | None:
+def _mask_secret(name: str, mask: np.ndarray) -> Secret | None:
     window = min(MASK_WINDOW, len(mask))
     if window < MIN_WINDOW_BITS:
         return None
@@ -123,19 +144,54 @@ def _mask_secret(mask: np.ndarray) -> Secret | None:
     codes = codes[(codes != 0) & (codes != full)]  # constant runs are not secret
     if codes.size == 0:
         return None
-    return Secret("np_mask (K3)", mask, window, codes=np.unique(codes))
+    return Secret(name, mask, window, codes=np.unique(codes))
 
 
-def key_secrets(key: BlockKey) -> list[Secret]:
-    block = key.block_perm.numpy()
-    pixel = key.pixel_perm.numpy()
-    candidates = [
-        _permutation_secret("block_perm (K1)", block),
-        _permutation_secret("inverse of block_perm (K1)", np.argsort(block)),
-        _permutation_secret("pixel_perm (K2)", pixel),
-        _permutation_secret("inverse of pixel_perm (K2)", np.argsort(pixel)),
-        _mask_secret(key.np_mask.numpy().astype(np.int64)),
-    ]
+def _window_hashes(values: np.ndarray, window: int) -> np.ndarray:
+    """A 64-bit polynomial hash of every ``window``-long run of ``values`` (wrapping)."""
+    v = values.astype(np.uint64)
+    count = len(v) - window + 1
+    hashes = np.zeros(max(count, 0), dtype=np.uint64)
+    for j in range(window):
+        hashes = hashes * _HASH_BASE + v[j : j + count]
+    return hashes
+
+
+def _progression_starts(values: np.ndarray, window: int) -> np.ndarray:
+    """Which windows are arithmetic progressions (constant runs included): not secret."""
+    if window < 3:
+        return np.zeros(len(values) - window + 1, dtype=bool)
+    bends = np.concatenate(([0], np.cumsum(np.diff(values, 2) != 0)))
+    return bends[window - 2 :] - bends[: len(values) - window + 1] == 0
+
+
+def _sequence_secret(name: str, values: np.ndarray, bits_per_value: float) -> Secret | None:
+    if bits_per_value <= 0 or bits_per_value * len(values) < MIN_WINDOW_BITS:
+        return None
+    window = min(len(values), math.ceil(SEQUENCE_WINDOW_BITS / bits_per_value))
+    hashes = _window_hashes(values, window)[~_progression_starts(values, window)]
+    if hashes.size == 0:
+        return None
+    return Secret(name, values, window, hashes=np.unique(hashes))
+
+
+def _field_secrets(field, values: np.ndarray) -> list[Secret | None]:
+    flat = values.reshape(-1)
+    if field.kind == "bits":
+        return [_mask_secret(field.label, flat)]
+    if field.kind == "perm" and len(field.shape) == 1:
+        return [
+            _permutation_secret(field.label, flat),
+            _permutation_secret(f"inverse of {field.label}", np.argsort(flat)),
+        ]
+    return [_sequence_secret(field.label, flat, field.entropy_per_value())]
+
+
+def key_secrets(key: SchemeKey) -> list[Secret]:
+    """What the leak guard looks for, for a key of any scheme (none for pe-per-image)."""
+    if key.per_image:
+        return []
+    candidates = [s for f, values in key.secret_items() for s in _field_secrets(f, values)]
     secrets, seen = [], set()
     for s in candidates:
         if s is not None and s.values.tobytes() not in seen:  # an involution is its own inverse
@@ -183,8 +239,23 @@ def _mask_hits(values: np.ndarray, secret: Secret) -> list[int]:
     return hits
 
 
+def _sequence_hits(values: np.ndarray, secret: Secret) -> list[int]:
+    hits = []
+    inside = (values >= 0) & (values < secret.alphabet)  # hash only runs that could match
+    for start, end in _true_runs(inside, secret.window):
+        hashes = _window_hashes(values[start:end], secret.window)
+        found = np.flatnonzero(np.isin(hashes, secret.hashes))
+        if found.size:
+            hits.append(start + int(found[0]))
+    return hits
+
+
 def _hits(values: np.ndarray, secret: Secret) -> list[int]:
-    return _mask_hits(values, secret) if secret.is_mask else _permutation_hits(values, secret)
+    if secret.is_mask:
+        return _mask_hits(values, secret)
+    if secret.is_sequence:
+        return _sequence_hits(values, secret)
+    return _permutation_hits(values, secret)
 
 
 def _what(secret: Secret) -> str:
@@ -196,7 +267,8 @@ def _what(secret: Secret) -> str:
 
 def float_to_ints(values: np.ndarray) -> np.ndarray:
     """Integer-valued floats as int64 (5.0 -> 5); anything else -1, which no key holds."""
-    values = values.astype(np.float64, copy=False)
+    with np.errstate(invalid="ignore"):  # raw bytes read as floats hold signalling NaNs
+        values = values.astype(np.float64, copy=False)
     out = np.full(values.shape, -1, dtype=np.int64)
     ok = np.isfinite(values) & (np.abs(values) < 2**53)
     ok[ok] = values[ok] == np.round(values[ok])
@@ -236,7 +308,7 @@ def scan_raw(data: bytes, secrets: list[Secret], file: str, what: str = "") -> l
     for dtype, label in _RAW_INT_VIEWS + _RAW_FLOAT_VIEWS:
         width = 2 if dtype.endswith("bf16") else np.dtype(dtype).itemsize
         # bytes hold only values below 256: skip permutations that do not fit in them
-        usable = [s for s in secrets if width > 1 or s.is_mask or len(s.values) <= 256]
+        usable = [s for s in secrets if width > 1 or s.alphabet <= 256]
         for offset in range(width):
             if _count(data, width, offset) < 2:
                 continue

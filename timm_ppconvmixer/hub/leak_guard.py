@@ -14,7 +14,7 @@ import os
 import warnings
 from collections.abc import Iterable
 
-from ..key import BlockKey
+from ..key import SchemeKey
 from .errors import KeyMaterialError
 from .file_scan import files_to_scan, scan_file
 from .key_patterns import Finding, key_secrets
@@ -23,10 +23,11 @@ __all__ = ["assert_no_key_material", "scan_for_key_material"]
 
 
 def scan_for_key_material(
-    paths_or_folder: str | os.PathLike | Iterable[str | os.PathLike], key: BlockKey | None
+    paths_or_folder: str | os.PathLike | Iterable[str | os.PathLike], key: SchemeKey | None
 ) -> list[Finding]:
-    """Look for ``key``'s secrets in files: the block and pixel permutations (and their
-    inverses) and the negative-positive mask, as JSON or text numbers (any separators or
+    """Look for ``key``'s secrets in files: for the blockwise scheme the block and pixel
+    permutations (and their inverses) and the negative-positive mask, for the other schemes
+    every secret field of theirs (:mod:`.key_patterns`), as JSON or text numbers (any separators or
     brackets), raw integers of 1, 2, 4 or 8 bytes and floats of 2, 4 or 8 bytes (either byte
     order, any alignment), safetensors tensors of any dtype and safetensors metadata, the mask
     as a 0/1 string, and copies of the key file. A leak is ``PERM_WINDOW`` consecutive entries
@@ -49,7 +50,7 @@ def scan_for_key_material(
 
 def assert_no_key_material(
     paths_or_folder: str | os.PathLike | Iterable[str | os.PathLike],
-    key: BlockKey | None,
+    key: SchemeKey | None,
     *,
     allow_key_derived_weights: bool = False,
 ) -> list[Finding]:
