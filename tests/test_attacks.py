@@ -182,3 +182,26 @@ def test_ciphertext_only_on_upscaled_56_block_7(fmnist):
     result = recover_key(encrypt(x, key, layout="CHW"), 7, prior=GenericPrior())
     scores = score_key(key, result.key, x)
     assert scores["K3"] == 1.0 and scores["K2"] == 1.0 and scores["K1"] > 0.9
+
+
+def test_ssim_matches_scikit_image(fmnist):
+    """docs/security.md's claim: our SSIM is scikit-image's (Gaussian window, sigma 1.5, valid
+    region, population covariance), to 1e-8, on grey and colour images."""
+    metrics = pytest.importorskip("skimage.metrics")
+    from skimage import data as samples
+
+    from timm_ppconvmixer.attacks.scoring import ssim
+
+    rng = np.random.default_rng(0)
+    grey = fmnist[0][:6]  # (N, 1, 28, 28)
+    noisy = np.clip(grey + rng.normal(0, 40, grey.shape), 0, 255).astype(np.uint8)
+    photo = samples.astronaut()[100:164, 200:264].transpose(2, 0, 1)[None]  # (1, 3, 64, 64)
+    shifted = np.roll(photo, 3, axis=-1)
+    options = dict(gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=255)
+    for a, b in ((grey, noisy), (photo, shifted)):
+        ours = ssim(a, b)
+        theirs = [
+            metrics.structural_similarity(x, y, channel_axis=0, **options) for x, y in zip(a, b)
+        ]
+        np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-8)
+        assert ours.min() < 0.9  # the pairs differ: the comparison is not of 1 with 1

@@ -92,7 +92,11 @@ def add_attack_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="report folder (created)")
     p.add_argument("--key", help="the owner's key file, to score the attack (never written)")
     p.add_argument("--plain", help="the plain images, in the same order, to score against")
-    p.add_argument("--limit", type=int, help="attack only the first N images")
+    p.add_argument(
+        "--limit",
+        type=int,
+        help="attack a seeded random sample of N images (the same N for the same data)",
+    )
     p.add_argument(
         "--reference",
         help="public plain images of the same kind for the orientation prior (folder, saved "
