@@ -200,8 +200,7 @@ def test_ssim_matches_scikit_image(fmnist):
     options = dict(gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=255)
     for a, b in ((grey, noisy), (photo, shifted)):
         ours = ssim(a, b)
-        theirs = [
-            metrics.structural_similarity(x, y, channel_axis=0, **options) for x, y in zip(a, b)
-        ]
+        pairs = zip(a, b, strict=True)
+        theirs = [metrics.structural_similarity(x, y, channel_axis=0, **options) for x, y in pairs]
         np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-8)
         assert ours.min() < 0.9  # the pairs differ: the comparison is not of 1 with 1
