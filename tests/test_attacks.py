@@ -30,6 +30,7 @@ from timm_ppconvmixer.attacks import (
     score_images,
     score_key,
 )
+from timm_ppconvmixer.attacks.inputs import load_images
 from timm_ppconvmixer.convert import encrypt_model
 from timm_ppconvmixer.data import DatasetUnavailableError, fashion_mnist_arrays
 
@@ -204,3 +205,20 @@ def test_ssim_matches_scikit_image(fmnist):
         theirs = [metrics.structural_similarity(x, y, channel_axis=0, **options) for x, y in pairs]
         np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-8)
         assert ours.min() < 0.9  # the pairs differ: the comparison is not of 1 with 1
+
+
+def test_attacks_and_conversion_refuse_other_schemes(tmp_path):
+    import timm
+
+    from timm_ppconvmixer.convert import ConversionError, encrypt_model
+    from timm_ppconvmixer.schemes import generate_key
+
+    ele = generate_key("ele", image_size=16, block_size=4, channels=3, seed=0)
+    plain = timm.create_model("ppconvmixer_256_8", img_size=16, permutation=False, dim=8, depth=1)
+    with pytest.raises(ConversionError, match="blockwise scheme only, not for a 'ele' key"):
+        encrypt_model(plain, ele)
+    folder = tmp_path / "enc"
+    folder.mkdir()
+    (folder / "ENCRYPTION.json").write_text(json.dumps(ele.describe()))
+    with pytest.raises(AttackInputError, match="encrypted with the 'ppconvmixer-ele' scheme"):
+        load_images(folder)

@@ -58,6 +58,12 @@ def _patch_embedding(model: nn.Module) -> nn.Conv2d:
 
 
 def _check_fit(model: nn.Module, key: BlockKey) -> None:
+    if not isinstance(key, BlockKey):
+        raise ConversionError(
+            f"exact conversion exists for the paper's blockwise scheme only, not for a "
+            f"{getattr(key, 'scheme', type(key).__name__)!r} key: its steps are what one patch "
+            "embedding and P can absorb (ppconvmixer keygen --scheme blockwise)"
+        )
     conv = _patch_embedding(model)
     if conv.kernel_size != (key.block_size,) * 2 or conv.stride != conv.kernel_size:
         raise ConversionError(

@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image
 
 from ..images import ImagePolicyError, to_key_mode
+from ..schemes.base import BLOCKWISE_FILE_SCHEME
 from .result import AttackInputError
 
 __all__ = ["MANIFEST", "Batch", "load_images"]
@@ -142,6 +143,13 @@ def load_images(source: str | Path, limit: int | None = None, *, encrypted: bool
         raise AttackInputError(
             f"{root} is not encrypted data: no {MANIFEST} (written by 'ppconvmixer encrypt') "
             "and not a saved datasets dataset; pass the encrypted folder, not the plain one"
+        )
+    scheme = manifest.get("scheme", BLOCKWISE_FILE_SCHEME)
+    if encrypted and scheme not in (BLOCKWISE_FILE_SCHEME, "blockwise"):
+        # the scheme is read from the data's manifest, never guessed from a key
+        raise AttackInputError(
+            f"{root} is encrypted with the {scheme!r} scheme ({MANIFEST}); the attacks here "
+            "target the paper's blockwise scheme only, so no result would mean anything"
         )
     channels = manifest.get("channels")
     if root.is_dir() and _is_dataset(root):
