@@ -403,8 +403,27 @@ def test_push_is_byte_exact_resumable_and_never_duplicated(hub: LocalHub, tmp_pa
     assert commits(hub, "dataset", repo) == n_commits  # and no new commit
     card = hub_card(hub, "dataset", repo)
     assert fingerprint_from_card(card) == key.fingerprint
-    assert yaml.safe_load(card.split("---\n")[1])["dataset_info"]["splits"][0]["num_examples"]
+    splits = yaml.safe_load(card.split("---\n")[1])["dataset_info"]["splits"]
+    assert {s["name"]: s["num_examples"] for s in splits} == {"train": 120, "test": 40}
     assert not stored_key_material(hub.store.root, key)
+    # a client reads back, through datasets and the card's configs, exactly the owner's images
+    code = """
+    import sys, datasets, numpy as np
+    from timm_ppconvmixer import BlockKey
+    from timm_ppconvmixer.data import encrypt_dataset, load_fashion_mnist
+    datasets.disable_progress_bars()
+    key = BlockKey.load(sys.argv[1])
+    pulled = datasets.load_dataset(sys.argv[2])
+    for split, n in (("train", 120), ("test", 40)):
+        mine = encrypt_dataset(load_fashion_mnist(split, limit=n), key)
+        assert len(pulled[split]) == n, (split, len(pulled[split]))
+        for a, b in zip(pulled[split], mine, strict=True):
+            assert np.array_equal(np.asarray(a["image"]), np.asarray(b["image"]))
+            assert a["label"] == b["label"]
+    print("same images")
+    """
+    proc = python(code, str(tmp_path / "owner.key"), repo, env=env, cwd=tmp_path)
+    assert "same images" in proc.stdout
 
 
 def test_a_push_with_plain_rows_after_encrypted_ones_is_refused(hub: LocalHub, tmp_path: Path):
