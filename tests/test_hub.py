@@ -26,6 +26,7 @@ import safetensors.torch
 import timm
 import torch
 import yaml
+from conftest import holds_key_material
 from local_hub import LocalHub
 from PIL import Image
 
@@ -200,6 +201,8 @@ def test_card_body_states_facts_and_only_the_fingerprint(clean_export: Path, mod
         assert fact in card, fact
     assert "block_perm" not in card and "pixel_perm" not in card and "np_mask" not in card
     assert scan_for_key_material(clean_export, key) == []
+    for path in clean_export.iterdir():  # and an independent search of every exported file
+        assert holds_key_material(path.read_bytes(), key) == [], path.name
 
 
 def test_card_without_measurements_states_no_numbers(model):
