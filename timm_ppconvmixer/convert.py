@@ -259,4 +259,3 @@ def rekey_model(
         )
     plain = decrypt_model(model, old_key, mean=mean, std=std)
     return encrypt_model(plain, new_key, mean=mean, std=std)
-
