@@ -31,7 +31,6 @@ import sys
 import time
 from pathlib import Path
 
-import datasets
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
@@ -68,7 +67,12 @@ from timm.utils import ModelEmaV3
 import timm_ppconvmixer  # noqa: F401  (registers the models)
 from timm_ppconvmixer.atomic import atomic_write_bytes
 
-datasets.utils.logging.disable_progress_bar()  # the training bar is the one to watch
+try:  # optional: image folders train without `datasets` (benchmarks/gpu_check.py)
+    import datasets
+
+    datasets.utils.logging.disable_progress_bar()  # the training bar is the one to watch
+except ImportError:
+    pass
 
 
 def make_accelerator(tr: dict) -> Accelerator:
