@@ -116,3 +116,33 @@ def test_channels_last_keeps_outputs_and_contiguous_weights():
     assert torch.allclose(got, ref, atol=1e-5, rtol=1e-4)
     got.sum().backward()
     assert all(t.is_contiguous() for t in model.state_dict().values())  # safetensors needs it
+
+
+def test_timm_prefetcher_encrypting_on_device_gives_the_workers_batches(tmp_path):
+    """recipes/timm_device_encrypt.py: timm's own create_loader (prefetcher, as train.py calls
+    it) on plain files, encrypted after the transfer, equals encryption in the dataset's
+    transform; timm's PrefetchLoader normalises both."""
+    import random
+
+    from timm.data import ImageDataset
+    from timm.data import create_loader as timm_create_loader
+    from timm_device_encrypt import encrypting_create_loader
+
+    from timm_ppconvmixer.transforms import create_transform
+
+    write_image_folder(tmp_path / "plain", per_class=12, size=(45, 60))
+    key = BlockKey.generate(32, 8, seed=9)
+    args = dict(input_size=(3, 32, 32), batch_size=8, is_training=True, use_prefetcher=True,
+                device=torch.device("cpu"), num_workers=0, color_jitter=0.4)  # fmt: skip
+
+    def batches(loader):
+        random.seed(0), torch.manual_seed(0)
+        return [(x.clone(), y.clone()) for x, y in loader]
+
+    on_device = encrypting_create_loader(key)(ImageDataset(str(tmp_path / "plain")), **args)
+    in_workers = timm_create_loader(ImageDataset(str(tmp_path / "plain")), **args)
+    in_workers.dataset.transform = create_transform(key, is_training=True, use_prefetcher=True)
+    got, expected = batches(on_device), batches(in_workers)
+    assert len(got) == 3
+    for (xa, ya), (xb, yb) in zip(got, expected, strict=True):
+        assert torch.equal(ya, yb) and torch.equal(xa, xb)
