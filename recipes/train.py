@@ -31,11 +31,17 @@ import sys
 import time
 from pathlib import Path
 
-import datasets
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
-from ppcm_recipe.build import build_mixup, build_model, build_optimizer, load_key, norm_stats
+from ppcm_recipe.build import (
+    build_mixup,
+    build_model,
+    build_optimizer,
+    load_key,
+    norm_stats,
+    use_channels_last,
+)
 from ppcm_recipe.checkpoints import (
     TrainState,
     check_resumable,
@@ -44,6 +50,8 @@ from ppcm_recipe.checkpoints import (
 )
 from ppcm_recipe.config import ConfigError, load_config
 from ppcm_recipe.data import (
+    DeviceEncrypt,
+    PredecodedImages,
     SeededTransformDataset,
     data_fingerprint,
     load_split,
@@ -60,7 +68,12 @@ from timm.utils import ModelEmaV3
 import timm_ppconvmixer  # noqa: F401  (registers the models)
 from timm_ppconvmixer.atomic import atomic_write_bytes
 
-datasets.utils.logging.disable_progress_bar()  # the training bar is the one to watch
+try:  # optional: image folders train without `datasets` (benchmarks/gpu_check.py)
+    import datasets
+
+    datasets.utils.logging.disable_progress_bar()  # the training bar is the one to watch
+except ImportError:
+    pass
 
 
 def make_accelerator(tr: dict) -> Accelerator:
@@ -100,9 +113,17 @@ def main(argv: list[str] | None = None) -> dict:
 
     train_images = load_split(cfg, cfg["data"]["train_split"], cfg["data"]["train_limit"])
     val_images = load_split(cfg, cfg["data"]["val_split"], cfg["data"]["val_limit"])
-    train_set = SeededTransformDataset(
-        train_images, train_transform(cfg, key, input_size, mean, std), cfg["seed"]
-    )
+    if cfg["data"]["predecode"] and cfg["data"]["encrypted"]:
+        train_set = PredecodedImages(train_images, input_size, mean, std)
+    else:
+        train_set = SeededTransformDataset(
+            train_images, train_transform(cfg, key, input_size, mean, std), cfg["seed"]
+        )
+    on_device = key is not None and not cfg["data"]["encrypted"]
+    on_device = on_device and cfg["data"]["encrypt_on"] == "device"
+    device_transform = DeviceEncrypt(key, mean, std) if on_device else None
+    if tr["channels_last"]:
+        use_channels_last(model)
     world = accelerator.num_processes
     per_epoch = steps_per_epoch(len(train_set), tr["batch_size"], world, tr["grad_accum"])
     if per_epoch == 0:
@@ -159,6 +180,7 @@ def main(argv: list[str] | None = None) -> dict:
         steps_per_epoch=per_epoch,
         updates_per_epoch=updates_per_epoch,
         evaluate=evaluate,
+        device_transform=device_transform,
     )
     started = train(run)
     return finish(

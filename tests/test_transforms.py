@@ -1,3 +1,5 @@
+import random
+
 import numpy as np
 import pytest
 import torch
@@ -107,3 +109,32 @@ def test_pe_per_image_in_a_pipeline_encrypts_each_call_afresh(photo):
     tf = create_transform(per_image_encryption(32), is_training=False, use_prefetcher=True)
     first, second = tf(photo), tf(photo)
     assert first.dtype == torch.uint8 and not torch.equal(first, second)
+
+
+def _resize_interpolations(tf):
+    from torchvision.transforms import InterpolationMode
+
+    return [
+        s.interpolation
+        for s in tf.transforms
+        if isinstance(getattr(s, "interpolation", None), (InterpolationMode, tuple, list, str))
+    ]
+
+
+def test_training_keeps_timms_default_interpolation(key, photo):
+    """Without ``interpolation``, training uses timm's default (bilinear): the encrypted
+    pipeline gives exactly the encryption of timm's own training output (same random crop)."""
+    ours = create_transform(key, is_training=True, use_prefetcher=True)
+    timms = timm_create_transform(32, is_training=True, use_prefetcher=True)
+    assert _resize_interpolations(ours) == _resize_interpolations(timms)
+    for seed in range(5):
+        random.seed(seed), torch.manual_seed(seed)  # timm's crop draws from random
+        expected = encrypt(timms(photo), key)
+        random.seed(seed), torch.manual_seed(seed)
+        assert torch.equal(ours(photo), expected)
+    # a user's choice still reaches timm
+    bicubic = create_transform(key, is_training=True, interpolation="bicubic")
+    assert _resize_interpolations(bicubic) == _resize_interpolations(
+        timm_create_transform(32, is_training=True, interpolation="bicubic")
+    )
+    assert _resize_interpolations(bicubic) != _resize_interpolations(timms)

@@ -118,7 +118,8 @@ class _AddGradient(torch.autograd.Function):
             extra = smoothness_prior_grad(matrix, corr, adj)
         else:
             extra = penalty_and_grad(ctx.penalty)[1](matrix)
-        return grad_output + ctx.scale * extra.to(grad_output.dtype), None, None, None, None
+        grad = grad_output.add(extra.to(grad_output.dtype), alpha=ctx.scale)  # one pass
+        return grad, None, None, None, None
 
 
 @register_notrace_module  # FX keeps it a leaf: the size check and gradient hooks stay Python
@@ -310,7 +311,14 @@ class AdaptivePermutation(nn.Module):
             matrix = self._training_matrix(x)
         else:
             matrix = self.matrix()
-        return torch.matmul(x.flatten(2), matrix.to(x.dtype)).view(b, c, gh, gw)
+        matrix = matrix.to(x.dtype)
+        if c > 1 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+            # channels_last memory is (B, tokens, C): P^T @ tokens on it, no layout copy, and
+            # the result stays channels_last for the convolutions after it
+            tokens = x.permute(0, 2, 3, 1).reshape(b, gh * gw, c)
+            out = torch.matmul(matrix.t(), tokens)
+            return out.view(b, gh, gw, c).permute(0, 3, 1, 2)
+        return torch.matmul(x.flatten(2), matrix).view(b, c, gh, gw)
 
 
 # The PPConvMixer keyword arguments that change what P computes, with AdaptivePermutation's

@@ -51,9 +51,11 @@ def _l1_minus_l2(w: torch.Tensor) -> torch.Tensor:
 
 
 def _l1_minus_l2_grad(w: torch.Tensor, eps: float) -> torch.Tensor:
-    row_norm = torch.linalg.vector_norm(w, dim=1, keepdim=True).clamp_min(eps)
-    col_norm = torch.linalg.vector_norm(w, dim=0, keepdim=True).clamp_min(eps)
-    return 2 * torch.sign(w) - w / row_norm - w / col_norm
+    # 2 sign(w) - w / ||w_i,:|| - w / ||w_:,j||, in three passes over the n x n matrix instead
+    # of six (P is 784 x 784 at 448/16, and this runs in every training step's backward)
+    inv_row = torch.linalg.vector_norm(w, dim=1, keepdim=True).clamp_min(eps).reciprocal()
+    inv_col = torch.linalg.vector_norm(w, dim=0, keepdim=True).clamp_min(eps).reciprocal()
+    return torch.sign(w).mul_(2).addcmul_(w, inv_row + inv_col, value=-1)
 
 
 def madono_penalty(weight: torch.Tensor) -> torch.Tensor:
@@ -70,7 +72,7 @@ def madono_penalty_grad(weight: torch.Tensor, eps: float = 1e-12) -> torch.Tenso
     L2 norm is not differentiable; ``eps`` keeps the result finite).
     """
     n = weight.shape[0]
-    return (_l1_minus_l2_grad(weight.float(), eps) / (n * n)).to(weight.dtype)
+    return _l1_minus_l2_grad(weight.float(), eps).div_(n * n).to(weight.dtype)
 
 
 def doubly_stochastic_penalty(weight: torch.Tensor) -> torch.Tensor:

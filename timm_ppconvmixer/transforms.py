@@ -131,7 +131,8 @@ def create_transform(
     (:func:`timm_ppconvmixer.images.to_key_mode`). Random erasing (``re_prob``) is moved before
     encryption (see :class:`PlainRandomErasing`).
 
-    For evaluation the resize and crop are exactly those of
+    For training, timm's defaults hold (``interpolation`` bilinear unless given), so the
+    pipeline is timm's plus encryption. For evaluation the resize and crop are exactly those of
     :func:`timm_ppconvmixer.images.prepare_image` (``crop_pct`` 1.0, ``interpolation``
     bicubic, ``resize`` ``shorter-center-crop`` or ``stretch``), so an image encrypted offline
     (``ppconvmixer encrypt``, ``encrypt_dataset``) and the same image served through this
@@ -157,8 +158,10 @@ def create_transform(
         )
     if timm_kwargs.pop("separate", False):
         raise ValueError("separate=True is not supported: encryption needs the whole pipeline")
-    timm_kwargs.setdefault("interpolation", DEFAULT_INTERPOLATION)
     if not is_training:
+        # offline encryption's resize (prepare_image); training keeps timm's own default
+        # (bilinear), so a pipeline with encryption differs from timm's only by the encryption
+        timm_kwargs.setdefault("interpolation", DEFAULT_INTERPOLATION)
         timm_kwargs.setdefault("crop_pct", 1.0)
         # the crop mode comes from the table prepare_image uses (raises on a bad policy)
         timm_kwargs.setdefault("crop_mode", timm_crop_mode(resize))

@@ -29,7 +29,13 @@ class TrainState:
 
 
 # Fields that may change between a run and its resumption without changing the result.
-RESUME_MAY_DIFFER = {("data", "num_workers"), ("train", "max_steps"), ("eval", "batch_size")}
+RESUME_MAY_DIFFER = {
+    ("data", "num_workers"),
+    ("data", "predecode"),  # the same values either way
+    ("data", "encrypt_on"),  # the same pixels either way
+    ("train", "max_steps"),
+    ("eval", "batch_size"),
+}
 
 
 def check_resumable(out: Path, cfg: dict) -> None:

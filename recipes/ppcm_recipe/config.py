@@ -32,6 +32,12 @@ DEFAULTS: dict[str, Any] = {
         "train_limit": None,  # use the first N training examples
         "val_limit": None,
         "num_workers": 2,
+        # already encrypted data (no augmentation): decode the split once into one uint8 array
+        # and cut batches from it (same values as decoding per sample; no loader workers)
+        "predecode": False,
+        # plain data + key: encrypt in the loader (per sample) or on the training device (the
+        # loader yields plain augmented uint8 batches; one gather + XOR per batch; same pixels)
+        "encrypt_on": "loader",
         "mean": None,  # default: the model's pretrained_cfg (one value per channel)
         "std": None,
     },
@@ -65,6 +71,10 @@ DEFAULTS: dict[str, Any] = {
         "log_every": 20,
         "max_steps": None,  # stop early (smoke tests), counted in optimizer steps
         "cpu": False,
+        # activations in channels_last after the patch embedding (weights stay contiguous, so
+        # checkpoints and exports are unchanged); faster on CPU here (benchmarks/
+        # bench_efficiency.py)
+        "channels_last": True,
     },
     "eval": {"batch_size": 256, "every_epoch": True},
 }
@@ -123,6 +133,8 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> dict:
         cfg["train"]["mixed_precision"] = "no"
     if cfg["train"]["mixed_precision"] not in ("no", "bf16", "fp16"):
         raise ConfigError("train.mixed_precision must be no, bf16 or fp16")
+    if cfg["data"]["encrypt_on"] not in ("loader", "device"):
+        raise ConfigError("data.encrypt_on must be loader or device")
     source = str(cfg["data"]["source"])
     if source.startswith("hub:"):
         repo = source[len("hub:") :]

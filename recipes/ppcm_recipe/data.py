@@ -15,6 +15,7 @@ from PIL import Image
 from timm.data import ImageDataset
 from timm.data import create_transform as timm_create_transform
 from torch.utils.data import Dataset, Sampler
+from torchvision import transforms as T
 
 from timm_ppconvmixer import BlockKey, decrypt
 from timm_ppconvmixer.data import load_fashion_mnist
@@ -193,12 +194,80 @@ class EvalDataset(Dataset):
         return self.transform(img), label
 
 
+class PredecodedImages:
+    """An already encrypted split decoded once into one uint8 array ``(N, C, H, W)``: a batch is
+    one index and one normalise, with the ops ``ToTensor`` + ``Normalize`` perform (so the same
+    float values as :func:`encrypted_transform` per sample), and no loader workers competing
+    with the training threads for the cores."""
+
+    def __init__(self, images: LabeledImages, input_size, mean, std, chunk: int = 1000) -> None:
+        from timm_ppconvmixer.images import KeyImageMode
+
+        check = encrypted_transform(input_size, mean, std).transforms[1]
+        to_mode = KeyImageMode(input_size[0])
+        n = len(images)
+        self.arrays = np.empty((n, *input_size), dtype=np.uint8)
+        self.labels = np.empty(n, dtype=np.int64)
+        source = images.source
+        batched = hasattr(source, "select") and not isinstance(source, ImageDataset)
+        for start in range(0, n, chunk if batched else 1):
+            stop = min(start + (chunk if batched else 1), n)
+            if batched:  # one arrow read per chunk, not one per row
+                rows = source[start:stop]
+                pairs = zip(rows[images.image_column], rows[images.label_column], strict=True)
+            else:
+                pairs = [images.get(start)]
+            for i, (img, label) in enumerate(pairs, start):
+                a = np.asarray(check(to_mode(img)))
+                self.arrays[i] = a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
+                self.labels[i] = int(label)
+        self.mean = torch.as_tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+        self.std = torch.as_tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+        self.epoch = 0  # the loop sets it; the batches do not depend on it
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def batch(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.from_numpy(self.arrays[indices]).to(torch.float32).div(255)
+        return x.sub_(self.mean).div_(self.std), torch.from_numpy(self.labels[indices])
+
+    def batches(self, batch_sampler):
+        return (self.batch(indices) for indices in batch_sampler)
+
+
+class DeviceEncrypt:
+    """``data.encrypt_on: device``: the loader yields plain augmented uint8 batches (timm's
+    prefetcher layout) and this encrypts and normalises them on the training device, with the
+    ops the loader-side pipeline performs per image (gather + XOR, ``/ 255``, ``Normalize``):
+    the same pixels, the same values."""
+
+    def __init__(self, key: BlockKey, mean, std) -> None:
+        self.key = key
+        self.mean = torch.as_tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+        self.std = torch.as_tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        from timm_ppconvmixer import encrypt
+
+        x = encrypt(x, self.key).to(torch.float32).div_(255)
+        return x.sub_(self.mean.to(x.device)).div_(self.std.to(x.device))
+
+
 def train_transform(cfg: dict, key: BlockKey | None, input_size, mean, std):
-    """Plain data + key: timm augmentation in the plain domain, then encryption. Encrypted
+    """Plain data + key: timm augmentation in the plain domain, then encryption (in the loader,
+    or with ``data.encrypt_on: device`` by :class:`DeviceEncrypt` after it). Encrypted
     data: no spatial or photometric augmentation (it would break the block grid)."""
     if cfg["data"]["encrypted"]:
         return encrypted_transform(input_size, mean, std)  # key-free: to tensor, normalise
     aug = cfg["augment"]
+    if cfg["data"]["encrypt_on"] == "device" and key is not None and aug["re_prob"] > 0:
+        from .config import ConfigError
+
+        raise ConfigError(
+            "data.encrypt_on=device hands uint8 batches to the device; random erasing "
+            "(augment.re_prob) needs float images before encryption: use encrypt_on=loader"
+        )
     timm_args = dict(
         is_training=True,
         hflip=aug["hflip"],
@@ -212,6 +281,13 @@ def train_transform(cfg: dict, key: BlockKey | None, input_size, mean, std):
         mean=mean,
         std=std,
     )
+    if key is not None and cfg["data"]["encrypt_on"] == "device":
+        from timm_ppconvmixer.images import KeyImageMode
+
+        # what create_transform(key, use_prefetcher=True) runs, without the encryption
+        plain = timm_create_transform(input_size, use_prefetcher=True, **timm_args)
+        head = [KeyImageMode(key.channels)] if key.channels in (1, 3) else []
+        return T.Compose([*head, *plain.transforms])
     if key is not None:
         return create_transform(key, **timm_args)
     return timm_create_transform(input_size, **timm_args)
@@ -219,8 +295,6 @@ def train_transform(cfg: dict, key: BlockKey | None, input_size, mean, std):
 
 def encrypted_transform(input_size, mean, std):
     """Already encrypted images: no resizing (it would mix blocks), to tensor, normalise."""
-    from torchvision import transforms as T
-
     from timm_ppconvmixer.images import KeyImageMode
 
     def check_size(img):

@@ -40,9 +40,12 @@ class TrainingRun:
     steps_per_epoch: int  # batches per process and epoch
     updates_per_epoch: int
     evaluate: Callable[[Any], dict]
+    device_transform: Callable | None = None  # data.encrypt_on=device: DeviceEncrypt
 
 
-def make_loader(dataset, batch_sampler, workers: int) -> DataLoader:
+def make_loader(dataset, batch_sampler, workers: int):
+    if hasattr(dataset, "batches"):  # PredecodedImages: batches cut from one array, in-process
+        return dataset.batches(batch_sampler)
     return DataLoader(
         dataset, batch_sampler=batch_sampler, num_workers=workers, persistent_workers=False
     )
@@ -105,6 +108,8 @@ def _step(run: TrainingRun, x: torch.Tensor, y: torch.Tensor) -> dict:
     """One batch: forward, CE + lambda * L_U, backward, (accumulated) optimiser step."""
     acc, state = run.accelerator, run.state
     x, y = x.to(acc.device), y.to(acc.device)
+    if run.device_transform is not None:
+        x = run.device_transform(x)
     # RNG state per step, not a stream: mixup and dropout draw the same numbers in a resumed
     # run as in an uninterrupted one
     step_seed = _sample_seed(run.cfg["seed"], state.epoch, state.step_in_epoch, acc.process_index)
