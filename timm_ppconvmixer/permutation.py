@@ -118,8 +118,9 @@ class _AddGradient(torch.autograd.Function):
             extra = smoothness_prior_grad(matrix, corr, adj)
         else:
             extra = penalty_and_grad(ctx.penalty)[1](matrix)
-        grad = grad_output.add(extra.to(grad_output.dtype), alpha=ctx.scale)  # one pass
-        return grad, None, None, None, None
+        # a plain sum: `grad_output.add(extra, alpha=ctx.scale)` gave wrong gradients under
+        # torch.compile here (tests/test_models.py::test_torch_compile_matches_eager)
+        return grad_output + ctx.scale * extra.to(grad_output.dtype), None, None, None, None
 
 
 @register_notrace_module  # FX keeps it a leaf: the size check and gradient hooks stay Python
