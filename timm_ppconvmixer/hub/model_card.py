@@ -319,8 +319,9 @@ The timm-ppconvmixer project attacks its own encryption (its `docs/security.md` 
   mask serve every block and one block order every image, so a party holding about 100 images
   encrypted with one key (as the party that trained this model did) recovered the whole key and
   decrypted every image exactly, ciphertext-only: Fashion-MNIST 28x28/4 from 100 images, for
-  every key; 224x224 RGB photographs with block 16 from 10. One plain/encrypted pair gives the
-  pixel shuffle and flips, and all of the block order but identical blocks.
+  every key; 224x224 RGB photographs with block 16 from 100 (from 10 for 3 of 5 keys). One
+  plain/encrypted pair gives the pixel shuffle and flips, and all of the block order but
+  identical blocks.
 * **Not protected: the key against the weights.** A model converted from public plain weights
   (`timm_ppconvmixer.convert.encrypt_model`) gives the exact key to anyone who knows those
   weights (block order from P, shuffle and flips from the patch embedding); a P trained towards
