@@ -19,9 +19,8 @@ from .permutation import AdaptivePermutation
 from .pyramidnet import (
     FMNIST_MEAN,
     FMNIST_STD,
-    HALF_MEAN,
-    HALF_STD,
     ShakePyramidNet,
+    pyramidnet_cfg,
     pyramidnet_num_params,
 )
 
@@ -188,23 +187,10 @@ def _create(variant: str, pretrained: bool = False, **kwargs) -> AdaptNetPyramid
     )
 
 
-def _cfg(input_size=(3, 32, 32), mean=HALF_MEAN, std=HALF_STD, **kwargs) -> dict:
-    side = input_size[-1]
-    return {
-        "url": "",
-        "num_classes": 10,
-        "input_size": input_size,
-        "pool_size": (-(-side // 4), -(-side // 4)),
-        "crop_pct": 1.0,
-        "interpolation": "bicubic",
-        "fixed_input_size": True,  # one conv (and BatchNorm) per block position
-        "mean": mean,
-        "std": std,
-        "classifier": "head.fc",
-        "first_conv": "adapt.proj",
-        "license": "apache-2.0",
-        **kwargs,
-    }
+def _cfg(**kwargs) -> dict:
+    # the PyramidNet cfg, with the AdaptNet in front: its first conv, and a fixed input size
+    # (one conv and BatchNorm per block position)
+    return pyramidnet_cfg(fixed_input_size=True, first_conv="adapt.proj", **kwargs)
 
 
 _FMNIST = dict(input_size=(1, 28, 28), mean=FMNIST_MEAN, std=FMNIST_STD)

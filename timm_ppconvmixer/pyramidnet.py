@@ -47,6 +47,7 @@ __all__ = [
     "ShakeBasicBlock",
     "ShakeDrop",
     "ShakePyramidNet",
+    "pyramidnet_cfg",
     "pyramidnet_num_params",
     "pyramidnet_widths",
     "shake_drop",
@@ -302,7 +303,8 @@ def _create_pyramidnet(variant: str, pretrained: bool = False, **kwargs) -> Shak
     )
 
 
-def _cfg(input_size=(3, 32, 32), mean=HALF_MEAN, std=HALF_STD, **kwargs) -> dict:
+def pyramidnet_cfg(input_size=(3, 32, 32), mean=HALF_MEAN, std=HALF_STD, **kwargs) -> dict:
+    """The pretrained cfg of a PyramidNet member (``kwargs`` override or add fields)."""
     side = input_size[-1]
     return {
         "url": "",
@@ -322,9 +324,9 @@ def _cfg(input_size=(3, 32, 32), mean=HALF_MEAN, std=HALF_STD, **kwargs) -> dict
 
 default_cfgs = generate_default_cfgs(
     {
-        "shakedrop_pyramidnet110_a270": _cfg(),
-        "shakedrop_pyramidnet20_a48": _cfg(),
-        "shakedrop_pyramidnet20_a48_fmnist": _cfg(
+        "shakedrop_pyramidnet110_a270": pyramidnet_cfg(),
+        "shakedrop_pyramidnet20_a48": pyramidnet_cfg(),
+        "shakedrop_pyramidnet20_a48_fmnist": pyramidnet_cfg(
             input_size=(1, 28, 28), mean=FMNIST_MEAN, std=FMNIST_STD
         ),
     }
