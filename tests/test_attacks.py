@@ -32,17 +32,6 @@ from timm_ppconvmixer.attacks import (
 )
 from timm_ppconvmixer.attacks.inputs import load_images
 from timm_ppconvmixer.convert import encrypt_model
-from timm_ppconvmixer.data import DatasetUnavailableError, fashion_mnist_arrays
-
-
-@pytest.fixture(scope="module")
-def fmnist():
-    try:
-        train, labels = fashion_mnist_arrays("train")
-        test, _ = fashion_mnist_arrays("test")
-    except DatasetUnavailableError as e:  # pragma: no cover - the Makefile installs it
-        pytest.skip(f"Fashion-MNIST not installed ({e}); apt-get install dataset-fashion-mnist")
-    return train[:, None], labels, test[:, None]
 
 
 def _same_key(a: BlockKey, b: BlockKey) -> bool:
