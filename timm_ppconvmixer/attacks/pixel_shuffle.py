@@ -11,10 +11,16 @@ correlate with each other.
 Steps:
 
 1. channels (C > 1): spectral clustering of the positions into C groups of M*M (balanced by an
-   assignment problem), since positions of one channel correlate more with each other;
+   assignment problem), since positions of one channel correlate more with each other: of
+   the colour left after removing each block's mean, and of the k-nearest-neighbour graph of
+   the raw correlations (Ng, Jordan, Weiss, NIPS 2001), whichever cuts fewer of that graph's
+   edges (from a few images colour is too weak; docs/security_few_images.md); then the
+   channels' relative inversion, which K3 may get wrong for anti-correlated colours, from
+   the texture they share (:func:`_channel_signs`);
 2. each channel: a Laplacian eigenmap of the k-nearest-neighbour graph of its correlations gives
    two coordinates (the first cosine modes of the M x M grid); the in-plane rotation is searched
-   and positions are assigned to the grid by ranks;
+   and positions are assigned to the grid (Hungarian method), from two graphs (k = 4, 8) and
+   two views of the correlations, keeping the refined placement that fits best;
 3. channels are aligned (the dihedral symmetry of each channel chosen to maximise same-pixel
    correlation);
 4. local refinement: a quadratic assignment problem ``max sum_jk corr_jk T[rel(slot_j, slot_k)]``
