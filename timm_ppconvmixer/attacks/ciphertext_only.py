@@ -159,6 +159,7 @@ def recover_key(
             "statistics_samples": stats.samples,
             "k3_method": flips.method,
             "k2_rounds": shuffle.rounds,
+            "k3_positions_reinverted": int(0 if shuffle.flipped is None else shuffle.flipped.sum()),
             "blank_pieces": sol.blank_pieces,
             "prior": choice.prior,
             "chosen_symmetry": choice.symmetry.name,

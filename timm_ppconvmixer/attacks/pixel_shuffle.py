@@ -370,15 +370,6 @@ def _channel_signs(cov: np.ndarray, labels: np.ndarray, channels: int) -> np.nda
         if best[c] < 0:
             signs[members[c]] = -1
     return signs
-    r = _residual_corr(cov, labels)
-    base = np.nonzero(labels == 0)[0]
-    for c in range(1, channels):
-        idx = np.nonzero(labels == c)[0]
-        cross = r[np.ix_(idx, base)]
-        strongest = cross[np.arange(len(idx)), np.abs(cross).argmax(1)]
-        if strongest.sum() < 0:
-            signs[idx] = -1
-    return signs
 
 
 def _confidence(r: np.ndarray, slot: np.ndarray, channels: int, m: int) -> float:
