@@ -104,6 +104,11 @@ def recover_key(
     plain_blocks = _unflip(blocks, flips.signs)
     stats = position_stats(plain_blocks, max_samples, seed, drop_constant=True)
     shuffle = recover_pixel_perm(stats, c, m, seed=seed)
+    signs = flips.signs
+    if shuffle.flipped is not None and shuffle.flipped.any():
+        # a channel whose K3 signs came out complemented (anti-correlated colours, few images)
+        signs = np.where(shuffle.flipped, -signs, signs).astype(np.int8)
+        plain_blocks = _unflip(blocks, signs)
     timings["K2"] = time.perf_counter() - t
     t = time.perf_counter()
     slots = [shuffle.slot]
@@ -130,7 +135,7 @@ def recover_key(
     m2 = m * m
     moved = pmap[slot]  # spatial symmetry first (channels unchanged) ...
     pixel_perm = chan_inv[moved // m2] * m2 + moved % m2  # ... then the channel order
-    mask = flips.mask ^ choice.invert
+    mask = (signs < 0) ^ choice.invert
     key = BlockKey((h, w), m, c, gmap[sol.place], pixel_perm, mask.astype(np.uint8))
     timings["total"] = time.perf_counter() - t0
     ambiguities = list(sol.notes)
@@ -154,6 +159,7 @@ def recover_key(
             "statistics_samples": stats.samples,
             "k3_method": flips.method,
             "k2_rounds": shuffle.rounds,
+            "k3_positions_reinverted": int(0 if shuffle.flipped is None else shuffle.flipped.sum()),
             "blank_pieces": sol.blank_pieces,
             "prior": choice.prior,
             "chosen_symmetry": choice.symmetry.name,

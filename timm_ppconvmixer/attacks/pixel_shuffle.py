@@ -11,10 +11,16 @@ correlate with each other.
 Steps:
 
 1. channels (C > 1): spectral clustering of the positions into C groups of M*M (balanced by an
-   assignment problem), since positions of one channel correlate more with each other;
+   assignment problem), since positions of one channel correlate more with each other: of
+   the colour left after removing each block's mean, and of the k-nearest-neighbour graph of
+   the raw correlations (Ng, Jordan, Weiss, NIPS 2001), whichever cuts fewer of that graph's
+   edges (from a few images colour is too weak; docs/security_few_images.md); then the
+   channels' relative inversion, which K3 may get wrong for anti-correlated colours, from
+   the texture they share (:func:`_channel_signs`);
 2. each channel: a Laplacian eigenmap of the k-nearest-neighbour graph of its correlations gives
    two coordinates (the first cosine modes of the M x M grid); the in-plane rotation is searched
-   and positions are assigned to the grid by ranks;
+   and positions are assigned to the grid (Hungarian method), from two graphs (k = 4, 8) and
+   two views of the correlations, keeping the refined placement that fits best;
 3. channels are aligned (the dihedral symmetry of each channel chosen to maximise same-pixel
    correlation);
 4. local refinement: a quadratic assignment problem ``max sum_jk corr_jk T[rel(slot_j, slot_k)]``
@@ -44,6 +50,7 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import product
 
 import numpy as np
 from scipy import sparse
@@ -70,6 +77,9 @@ class PixelPermEstimate:
     confidence: float  # share of positions whose best same-channel partner is a grid neighbour
     objective: float
     rounds: int
+    # positions whose K3 sign estimate the channel analysis complemented (see
+    # :func:`_channel_signs`): undo them too before using ``slot``
+    flipped: np.ndarray | None = None
 
 
 def _spectral(a: np.ndarray, k: int) -> np.ndarray:
@@ -143,7 +153,9 @@ def _ideal_eigenmap(m: int) -> np.ndarray:
     return (ideal - ideal.mean(0)) / ideal.std(0)
 
 
-def _layout_channel(r: np.ndarray, m: int, angles: int = 45, finalists: int = 3) -> np.ndarray:
+def _layout_channel(
+    r: np.ndarray, m: int, angles: int = 45, finalists: int = 3, neighbours: int = 4
+) -> np.ndarray:
     """Grid cell (y*M + x) for each of the M*M positions of one channel, from correlations.
 
     The two leading Laplacian-eigenmap coordinates of the k-nearest-neighbour graph are matched
@@ -153,7 +165,7 @@ def _layout_channel(r: np.ndarray, m: int, angles: int = 45, finalists: int = 3)
     """
     if m == 1:
         return np.zeros(1, dtype=np.int64)
-    coords = _spectral(_knn_affinity(r, 4 if m > 2 else 2), 2)
+    coords = _spectral(_knn_affinity(r, neighbours if m > 2 else 2), 2)
     coords = (coords - coords.mean(0)) / np.maximum(coords.std(0), 1e-12)
     ideal = _ideal_eigenmap(m)
     rotated = []
@@ -175,13 +187,18 @@ def _layout_channel(r: np.ndarray, m: int, angles: int = 45, finalists: int = 3)
     return best
 
 
-def _channel_groups(r: np.ndarray, channels: int, m: int, seed: int) -> np.ndarray:
-    """Channel label of each position: balanced spectral clustering into C groups of M*M."""
+def _channel_groups(
+    r: np.ndarray, channels: int, m: int, seed: int, affinity: bool = False
+) -> np.ndarray:
+    """Channel label of each position: balanced spectral clustering into C groups of M*M.
+
+    ``r``: correlations (the affinity is their positive part, squared), or with ``affinity``
+    an affinity matrix as it is (e.g. a k-nearest-neighbour graph)."""
     d = r.shape[0]
     size = m * m
-    a = np.clip(r, 0, None) ** 2
+    a = r.copy() if affinity else np.clip(r, 0, None) ** 2
     np.fill_diagonal(a, 0.0)
-    emb = _spectral(a, channels)
+    emb = _cluster_embedding(a, channels) if affinity else _spectral(a, channels)
     emb = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
     # farthest-point start, Lloyd iterations, then one balanced assignment (C groups of M*M)
     rng = np.random.default_rng(seed)
@@ -208,6 +225,26 @@ def _channel_groups(r: np.ndarray, channels: int, m: int, seed: int) -> np.ndarr
     return labels
 
 
+def _cluster_embedding(a: np.ndarray, k: int) -> np.ndarray:
+    """The ``k`` leading eigenvectors of ``Deg^-1/2 A Deg^-1/2`` (trivial one included), as in
+    Ng, Jordan and Weiss's spectral clustering (NIPS 2001): a graph of ``k`` (nearly)
+    disconnected parts spans them (the Laplacian path above, which drops the trivial mode,
+    mixed such parts on sparse graphs)."""
+    deg = a.sum(1)
+    inv_sqrt = 1.0 / np.sqrt(np.where(deg > 0, deg, 1.0))
+    s = inv_sqrt[:, None] * a * inv_sqrt[None, :]
+    if s.shape[0] <= 1024:
+        vals, vecs = np.linalg.eigh(s)
+    else:
+        vals, vecs = eigsh(s, k=k, which="LA", v0=np.full(s.shape[0], 1.0))
+    return vecs[:, np.argsort(-vals)[:k]] * inv_sqrt[:, None]
+
+
+def _cut(a: np.ndarray, labels: np.ndarray) -> float:
+    """Share of the affinity ``a`` between positions of different groups."""
+    return float(a[labels[:, None] != labels[None, :]].sum() / max(a.sum(), 1e-12))
+
+
 def _refine(r: np.ndarray, slot: np.ndarray, channels: int, m: int, rounds: int, iters: int):
     """EM-like: template from the placement, then swaps; until the placement is stable."""
     for done in range(1, rounds + 1):
@@ -217,6 +254,48 @@ def _refine(r: np.ndarray, slot: np.ndarray, channels: int, m: int, rounds: int,
             return slot, done
         slot = new
     return slot, rounds
+
+
+def _place(
+    stats: PositionStats, labels: np.ndarray, channels: int, m: int, em_rounds: int, iters: int
+) -> tuple[np.ndarray, int, np.ndarray]:
+    """Lay out every channel of a grouping, align the channels, refine jointly."""
+    m2 = m * m
+    d = len(labels)
+    max_swap_iter = iters
+    r = _residual_corr(stats.cov, labels)
+    raw = stats.corr
+    slot = np.empty(d, dtype=np.int64)
+    members = [np.nonzero(labels == c)[0] for c in range(channels)]
+    rounds = 0
+    for c, idx in enumerate(members):
+        # two views of the same data: per-channel residual correlations fall off faster with
+        # distance, raw ones are less noisy on sparse data (blank backgrounds); keep the
+        # placement that fits both best. From few images the eigenmap of one neighbour graph
+        # can fold (a local optimum the swaps do not leave: 2 % placed for one channel of 10
+        # photographs at 224/16, 99 % from the 8-neighbour graph), so two graphs start it
+        subs = [r[np.ix_(idx, idx)], raw[np.ix_(idx, idx)]]
+        best, best_fit = None, -np.inf
+        for sub, nb in ((sub, nb) for nb in (4, 8) for sub in subs):
+            start = _layout_channel(sub, m, neighbours=nb)
+            cells, k = _refine(sub, start, 1, m, em_rounds, max_swap_iter)
+            rounds = max(rounds, k)
+            fit = sum(_fit(view, cells, 1, m) for view in subs)
+            if fit > best_fit:
+                best, best_fit = cells, fit
+        slot[idx] = c * m2 + best
+    # align channels to channel 0: the symmetry that puts one pixel's values together
+    item0 = np.empty(m2, dtype=np.int64)
+    item0[slot[members[0]]] = members[0]
+    for c in range(1, channels):
+        idx = members[c]
+        options = [symmetry_index_map(g, m, m)[slot[idx] - c * m2] for g in SYMMETRIES]
+        best = max(options, key=lambda cells: r[idx, item0[cells]].sum())
+        slot[idx] = c * m2 + best
+    if channels > 1:  # joint pass: lets positions move between channels and pixels
+        slot, k = _refine(r, slot, channels, m, 2, max(10, max_swap_iter // 4))
+        rounds = max(rounds, k)
+    return slot, rounds, r
 
 
 def recover_pixel_perm(
@@ -239,39 +318,58 @@ def recover_pixel_perm(
         raise ValueError(f"statistics of {d} positions do not fit C={channels}, M={m}")
     if channels > 1:
         labels = _channel_groups(_residual_corr(stats.cov, np.zeros(d)), channels, m, seed)
+        # few images: the colour left after removing each block's mean is too weak to separate
+        # channels (2 photographs at 224/16: 67 % of positions in the right channel), while
+        # every position's nearest neighbours by raw correlation lie in its own channel; the
+        # balanced spectral cut of that k-nearest-neighbour graph separates them (100 % there).
+        # Keep the grouping that cuts fewer of the graph's edges.
+        knn = _knn_affinity(stats.corr, 4)
+        for k in (4, 8):  # a sparser graph separates more often, a denser one is less noisy
+            alt = _channel_groups(_knn_affinity(stats.corr, k), channels, m, seed, affinity=True)
+            if _cut(knn, alt) < _cut(knn, labels):
+                labels = alt
     else:
         labels = np.zeros(d, dtype=np.int64)
-    r = _residual_corr(stats.cov, labels)
-    raw = stats.corr
-    slot = np.empty(d, dtype=np.int64)
-    members = [np.nonzero(labels == c)[0] for c in range(channels)]
-    rounds = 0
-    for c, idx in enumerate(members):
-        # two views of the same data: per-channel residual correlations fall off faster with
-        # distance, raw ones are less noisy on sparse data (blank backgrounds); keep the
-        # placement that fits both best
-        subs = [r[np.ix_(idx, idx)], raw[np.ix_(idx, idx)]]
-        best, best_fit = None, -np.inf
-        for sub in subs:
-            cells, k = _refine(sub, _layout_channel(sub, m), 1, m, em_rounds, max_swap_iter)
-            rounds = max(rounds, k)
-            fit = sum(_fit(view, cells, 1, m) for view in subs)
-            if fit > best_fit:
-                best, best_fit = cells, fit
-        slot[idx] = c * m2 + best
-    # align channels to channel 0: the symmetry that puts one pixel's values together
-    item0 = np.empty(m2, dtype=np.int64)
-    item0[slot[members[0]]] = members[0]
-    for c in range(1, channels):
-        idx = members[c]
-        options = [symmetry_index_map(g, m, m)[slot[idx] - c * m2] for g in SYMMETRIES]
-        best = max(options, key=lambda cells: r[idx, item0[cells]].sum())
-        slot[idx] = c * m2 + best
-    if channels > 1:  # joint pass: lets positions move between channels and pixels
-        slot, k = _refine(r, slot, channels, m, 2, max(10, max_swap_iter // 4))
-        rounds = max(rounds, k)
+    flipped = _channel_signs(stats.cov, labels, channels) < 0
+    if flipped.any():
+        stats = stats.flipped(np.where(flipped, -1, 1))
+    slot, rounds, r = _place(stats, labels, channels, m, em_rounds, max_swap_iter)
     objective = slot_objective(r, slot, _template(r, slot, channels, m))
-    return PixelPermEstimate(slot, _confidence(r, slot, channels, m), objective, rounds)
+    return PixelPermEstimate(slot, _confidence(r, slot, channels, m), objective, rounds, flipped)
+
+
+def _channel_signs(cov: np.ndarray, labels: np.ndarray, channels: int) -> np.ndarray:
+    """+1/-1 per position: whether its channel is inverted relative to channel 0.
+
+    K3 from correlation signs (:mod:`.flip_mask`) fixes the flips of one channel relative to
+    another by the sign of their cross-channel correlations, and a few photographs can have
+    anti-correlated channels (a yellow flower on green leaves: blue against green, -0.8 over
+    the pixels of 2 such crops), which complements a whole channel. Texture is shared by the
+    channels whatever the colours: with each block's mean removed per channel, a position's
+    strongest cross-channel partner (the same pixel) mostly correlates positively. Per pair of
+    channels, ``w`` is the mean of those strongest partners' correlations; the relative signs
+    maximise ``sum w_cd s_c s_d`` over every pair (one weak pair, e.g. blue against red, is
+    outvoted by the other two).
+    """
+    signs = np.ones(len(labels), dtype=np.int8)
+    if channels < 2:
+        return signs
+    r = _residual_corr(cov, labels)
+    members = [np.nonzero(labels == c)[0] for c in range(channels)]
+    w = np.zeros((channels, channels))
+    for c in range(channels):
+        for e in range(c + 1, channels):
+            cross = r[np.ix_(members[c], members[e])]
+            strongest = cross[np.arange(len(members[c])), np.abs(cross).argmax(1)]
+            w[c, e] = w[e, c] = strongest.mean()
+    best = max(
+        (np.array((1,) + rest) for rest in product((1, -1), repeat=channels - 1)),
+        key=lambda s: float(s @ w @ s),
+    )
+    for c in range(1, channels):
+        if best[c] < 0:
+            signs[members[c]] = -1
+    return signs
 
 
 def _confidence(r: np.ndarray, slot: np.ndarray, channels: int, m: int) -> float:
