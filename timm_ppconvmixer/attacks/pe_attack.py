@@ -158,8 +158,9 @@ def recover_pe_key(
 ) -> AttackResult:
     """Estimate the PE key shared by ``encrypted`` (N, C, H, W) uint8 (module docstring).
 
-    Any N >= 1 works; with one image the pooled costs are that image's, and bright regions may
-    come out inverted (:mod:`.pe_cut` says why), improving with N.
+    Any N >= 1 works; one image is attacked as in :func:`recover_pe_per_image` (bright regions
+    may come out inverted: :mod:`.pe_cut` says why) and the key read off its reconstruction;
+    from two images on the costs are pooled.
     """
     del seed  # deterministic: the eigensolver's start vector is fixed
     n, c, h, w = _check(encrypted, block_size, "pe")
@@ -170,17 +171,25 @@ def recover_pe_key(
     t0 = time.perf_counter()
     costs = edge_costs(encrypted, group, pooled=True)
     times["costs"] = time.perf_counter() - t0
-    t1 = time.perf_counter()
-    labels, _ = synchronise(costs, group, (h, w))
-    times["synchronise"] = time.perf_counter() - t1
-    t2 = time.perf_counter()
-    recon = group.apply(np.broadcast_to(labels, (n, h, w)), encrypted)
-    g = int(_global_scores(recon, group, prior, per_image=False)[0].argmax())
-    labels = t.mult[g, labels[0]]  # L_p -> G L_p
-    times["prior"] = time.perf_counter() - t2
-    enc = t.inv[labels].reshape(-1)  # E_p = L_p^T
+    if n == 1:
+        # one image: nothing is pooled, and smoothness alone folds bright regions; the
+        # per-image attack's value prior does better, and its reconstruction gives the key
+        single = recover_pe_per_image(encrypted, 1, prior=prior)
+        enc = _element_between(single.reconstruction[0], encrypted[0], group)
+        labels = t.inv[enc].reshape(h, w)
+        times.update({f"per_image_{k}": v for k, v in single.timings.items()})
+    else:
+        t1 = time.perf_counter()
+        labels, _ = synchronise(costs, group, (h, w))
+        times["synchronise"] = time.perf_counter() - t1
+        t2 = time.perf_counter()
+        recon = group.apply(np.broadcast_to(labels, (n, h, w)), encrypted)
+        g = int(_global_scores(recon, group, prior, per_image=False)[0].argmax())
+        labels = t.mult[g, labels[0]]  # L_p -> G L_p
+        times["prior"] = time.perf_counter() - t2
+        enc = t.inv[labels].reshape(-1)  # E_p = L_p^T
     key = PEKey((h, w), 1, c, channel_perm=t.perm[enc], np_mask=t.sign[enc] < 0)
-    agree = _edge_agreement(costs, labels[None], group)
+    agree = _edge_agreement(costs, labels.reshape(1, h, w), group)
     times["total"] = time.perf_counter() - t0
     return AttackResult(
         key=key,
@@ -191,6 +200,18 @@ def recover_pe_key(
         method="pe-neighbour-synchronisation",
         scheme="pe",
     )
+
+
+def _element_between(plain: np.ndarray, encrypted: np.ndarray, group: SignedPerms) -> np.ndarray:
+    """Per pixel the index of a signed permutation E with ``E (x - 127.5) = y - 127.5`` for
+    one plain/encrypted image pair (C, H, W) (the first, where equal values allow several)."""
+    t = group.table
+    c = plain.shape[0]
+    x = plain.reshape(c, -1).T.astype(np.int16)  # (P, C)
+    y = encrypted.reshape(c, -1).T.astype(np.int16)
+    cand = x[:, t.perm]  # (P, K, C)
+    cand = np.where(t.sign[None] < 0, 255 - cand, cand)
+    return (cand == y[:, None, :]).all(-1).argmax(-1)
 
 
 def _edge_agreement(costs: dict, labels: np.ndarray, group: SignedPerms) -> float:

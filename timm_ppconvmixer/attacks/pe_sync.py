@@ -50,13 +50,22 @@ import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.linalg import ArpackNoConvergence, eigsh
 
-__all__ = ["OFFSETS", "SignedPerms", "edge_costs", "energy", "icm", "spectral", "synchronise"]
+__all__ = [
+    "OFFSETS",
+    "SignedPerms",
+    "edge_costs",
+    "energy",
+    "icm",
+    "spanning_tree",
+    "spectral",
+    "synchronise",
+]
 
 # neighbour offsets (dy, dx) whose edges are used; diagonals add redundancy, which lets one
 # bad edge be outvoted (natural images are smooth along diagonals too, only less so)
 OFFSETS = ((0, 1), (1, 0), (1, 1), (1, -1))
 _DIAGONAL_WEIGHT = 0.5  # a diagonal neighbour is farther away: its cost counts half
-_CHUNK = 256  # images per cost chunk (bounds the (chunk, H, W, K, C) temporary)
+_CHUNK_VALUES = 1 << 23  # bounds the (chunk, H, W, K, C) float32 temporary (32 MiB)
 
 
 @dataclass(frozen=True)
@@ -134,12 +143,13 @@ def edge_costs(
     outweighing the many smooth pairs.
     """
     t = group.table
-    n = len(encrypted)
+    n, c, h, w = encrypted.shape
+    chunk = max(1, _CHUNK_VALUES // (h * w * group.size * c))
     out: dict[tuple[int, int], np.ndarray] = {}
     for dy, dx in OFFSETS:
         total = None
-        for s in range(0, n, _CHUNK):
-            y = np.moveaxis(encrypted[s : s + _CHUNK], 1, -1).astype(np.float32) - 127.5
+        for s in range(0, n, chunk):
+            y = np.moveaxis(encrypted[s : s + chunk], 1, -1).astype(np.float32) - 127.5
             yp, yq = _shifted(y, dy, dx)  # (b, H', W', C)
             ry = yq[..., t.perm] * t.sign.astype(np.float32)  # (b, H', W', K, C)
             cost = np.abs(yp[..., None, :] - ry).sum(-1)  # (b, H', W', K)
@@ -286,13 +296,66 @@ def icm(costs: dict, labels: np.ndarray, group: SignedPerms, sweeps: int = 10) -
     return lab[:, 1:-1, 1:-1].copy()
 
 
+def spanning_tree(costs: dict, group: SignedPerms, shape: tuple[int, int]) -> np.ndarray:
+    """Labels ``(B, H, W)`` by greedy merging along the most decided edges first (Kruskal's
+    order of a maximum spanning tree of the margins): each edge joins two regions with its
+    cheapest relative element, the smaller region re-framed by one group element.
+
+    Unlike the spectral relaxation, which on a grid can let its continuous frame turn slowly
+    across the image, every merge keeps the labels in the group.
+    """
+    t = group.table
+    h, w = shape
+    idx = np.arange(h * w).reshape(1, h, w)
+    b = next(iter(costs.values())).shape[0]
+    out = np.zeros((b, h, w), dtype=np.int64)
+    ends = [(_shifted(idx, dy, dx)) for dy, dx in costs]
+    pp = np.concatenate([p.reshape(-1) for p, _ in ends])
+    qq = np.concatenate([q.reshape(-1) for _, q in ends])
+    for i in range(b):
+        best, margin = [], []
+        for cost in costs.values():
+            srt = np.sort(cost[i], axis=-1)
+            best.append(cost[i].argmin(-1).reshape(-1))
+            margin.append((srt[..., 1] - srt[..., 0]).reshape(-1))
+        best_a, order = np.concatenate(best), np.argsort(-np.concatenate(margin), kind="stable")
+        root = np.arange(h * w)
+        members = {r: [r] for r in range(h * w)}
+        lab = np.zeros(h * w, dtype=np.int64)
+        for e in order.tolist():
+            p, q = int(pp[e]), int(qq[e])
+            rp, rq = root[p], root[q]
+            if rp == rq:
+                continue
+            r = best_a[e]
+            if len(members[rp]) >= len(members[rq]):  # re-frame q's region: L -> H L
+                hh = t.mult[t.mult[lab[p], r], t.inv[lab[q]]]
+                moved, keep = rq, rp
+            else:  # re-frame p's region
+                hh = t.mult[t.mult[lab[q], t.inv[r]], t.inv[lab[p]]]
+                moved, keep = rp, rq
+            m = np.array(members.pop(moved))
+            lab[m] = t.mult[hh, lab[m]]
+            root[m] = keep
+            members[keep].extend(m.tolist())
+        out[i] = lab.reshape(h, w)
+    return out
+
+
 def synchronise(
     costs: dict, group: SignedPerms, shape: tuple[int, int] | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Labels ``(B, H, W)`` (decryption elements, up to one global element per image) and
-    their energies: spectral start, then ICM."""
+    their energies: the spanning-tree and the spectral start, each refined by ICM, the one of
+    lower energy kept per image (grey: the spectral start alone, exact enough for 2 labels)."""
     if shape is None:
         c0 = costs[(0, 1)]
         shape = (c0.shape[1], c0.shape[2] + 1)
     labels = icm(costs, spectral(costs, group, shape), group)
-    return labels, energy(costs, labels, group)
+    e = energy(costs, labels, group)
+    if group.size > 2:
+        tree = icm(costs, spanning_tree(costs, group, shape), group)
+        e_tree = energy(costs, tree, group)
+        labels = np.where((e_tree < e)[:, None, None], tree, labels)
+        e = np.minimum(e, e_tree)
+    return labels, e
