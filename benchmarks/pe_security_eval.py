@@ -7,8 +7,10 @@
   224x224 RGB (``security_eval.photo_crops``), N in {1, 2, 3, 5, 10, 100}, generic prior.
   5 seeded keys, each with its own random sample of images.
 * ``pe-per-image`` (a fresh key per image, so N does not matter): 5 random samples of 2,000
-  Fashion-MNIST training images (reference prior, and generic prior); 10 photographs (generic
-  prior, and a reference prior from 200 other photograph crops).
+  Fashion-MNIST training images (reference prior, and generic prior); 5 photographs
+  (``--photos``; generic prior, and a reference prior from 200 other photograph crops).
+
+``--only`` runs some of the four parts (each writes its own JSON).
 
 Image metrics on at most 2,000 (Fashion-MNIST) / 200 (photographs) images; classifier top-1
 from the plain-domain classifier trained on the test split (``attacks.classifier``).
@@ -114,7 +116,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="outputs/pe_security_eval")
     ap.add_argument("--quick", action="store_true", help="N up to 1000, 2 keys")
-    ap.add_argument("--only", choices=("pe", "pe-per-image"), default=None)
+    parts = ("pe-fmnist", "pe-photo", "per-image-fmnist", "per-image-photo")
+    ap.add_argument("--only", choices=parts, nargs="+", default=list(parts))
+    ap.add_argument("--photos", type=int, default=5, help="photographs for pe-per-image")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -125,19 +129,21 @@ def main() -> None:
     keys = 2 if args.quick else 5
     f_ns = [1, 10, 100, 1000] if args.quick else [1, 2, 3, 5, 10, 100, 1000, 10000, 60000]
     p_ns = [1, 2, 3, 5, 10] if args.quick else [1, 2, 3, 5, 10, 100]
-    photos = photo_crops(max(p_ns), seed=1)
+    photos = photo_crops(max(p_ns + [args.photos]), seed=1)
     ref_photos = photo_crops(200, seed=7)  # other crops: a public reference of photographs
     rows: list[dict] = []
     fmnist_ref = ReferencePrior(test)
-    if args.only in (None, "pe"):
+    if "pe-fmnist" in args.only:
         rows += pe_rows("fmnist28", train, labels, f_ns, fmnist_ref, model, keys)
+    if "pe-photo" in args.only:
         rows += pe_rows("photo224", photos, None, p_ns, GenericPrior(), None, keys)
-    if args.only in (None, "pe-per-image"):
+    if "per-image-fmnist" in args.only:
         priors = {"reference": fmnist_ref, "generic": GenericPrior()}
         rows += per_image_rows("fmnist28", train, labels, 2000, priors, model, keys)
+    if "per-image-photo" in args.only:
         priors = {"generic": GenericPrior(), "reference": ReferencePrior(ref_photos)}
-        rows += per_image_rows("photo224", photos, None, 10, priors, None, 1 if args.quick else 2)
-    name = "pe_security_eval" + (f"_{args.only}" if args.only else "")
+        rows += per_image_rows("photo224", photos, None, args.photos, priors, None, 1)
+    name = "pe_security_eval_" + "_".join(args.only)
     (out / f"{name}.json").write_text(json.dumps(rows, indent=1))
     print(f"wrote {out / name}.json ({len(rows)} rows)")
 

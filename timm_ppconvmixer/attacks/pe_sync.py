@@ -346,16 +346,13 @@ def synchronise(
     costs: dict, group: SignedPerms, shape: tuple[int, int] | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Labels ``(B, H, W)`` (decryption elements, up to one global element per image) and
-    their energies: the spanning-tree and the spectral start, each refined by ICM, the one of
-    lower energy kept per image (grey: the spectral start alone, exact enough for 2 labels)."""
+    their energies: the spanning-tree start (colour) or the spectral start (grey: 2 labels,
+    where the relaxation is a sign vector and cannot turn), refined by ICM."""
     if shape is None:
         c0 = costs[(0, 1)]
         shape = (c0.shape[1], c0.shape[2] + 1)
-    labels = icm(costs, spectral(costs, group, shape), group)
-    e = energy(costs, labels, group)
-    if group.size > 2:
-        tree = icm(costs, spanning_tree(costs, group, shape), group)
-        e_tree = energy(costs, tree, group)
-        labels = np.where((e_tree < e)[:, None, None], tree, labels)
-        e = np.minimum(e, e_tree)
-    return labels, e
+    if group.size > 2:  # better than the spectral start on the colour cases measured
+        labels = icm(costs, spanning_tree(costs, group, shape), group)
+    else:
+        labels = icm(costs, spectral(costs, group, shape), group)
+    return labels, energy(costs, labels, group)
