@@ -24,6 +24,7 @@ Example:
 from .ciphertext_only import recover_key
 from .known_plaintext import known_plaintext_attack
 from .model_leak import block_order_from_p, key_from_converted_model, shuffle_from_stem
+from .pe_attack import recover_pe_key, recover_pe_per_image, score_pe_key
 from .priors import GenericPrior, ReferencePrior
 from .report import run_attack
 from .result import AttackInputError, AttackResult
@@ -38,8 +39,11 @@ __all__ = [
     "key_from_converted_model",
     "known_plaintext_attack",
     "recover_key",
+    "recover_pe_key",
+    "recover_pe_per_image",
     "run_attack",
     "score_images",
     "score_key",
+    "score_pe_key",
     "shuffle_from_stem",
 ]

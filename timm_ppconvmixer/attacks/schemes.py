@@ -32,6 +32,7 @@ import numpy as np
 
 from ..cipher import decrypt
 from .ciphertext_only import recover_key
+from .pe_attack import recover_pe_key, recover_pe_per_image, score_pe_key
 from .result import AttackInputError, AttackResult
 from .scoring import score_key
 
@@ -56,6 +57,20 @@ SCHEME_ATTACKS: dict[str, SchemeAttack] = {
         score_key,
         ("K1", "K2", "K3"),
         "K3 from correlation signs, K2 from correlation geometry, K1 by the pooled jigsaw solver",
+    ),
+    "pe": SchemeAttack(
+        "pe",
+        recover_pe_key,
+        score_pe_key,
+        ("channel_perm", "np_mask"),
+        "per-pixel channel order and inversion by synchronising neighbours over the N images",
+    ),
+    "pe-per-image": SchemeAttack(
+        "pe-per-image",
+        recover_pe_per_image,
+        None,
+        (),
+        "one image at a time: channel order from folded neighbours, bright sides by a min cut",
     ),
 }
 
