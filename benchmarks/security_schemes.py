@@ -18,7 +18,8 @@ exact images, PSNR and SSIM of the reconstructions, the classifier's top-1 on th
 reconstructions scored at every N are the first ``SCORED`` images of the key's sample: the N
 attacked images and, below that many, further images under the same key decrypted with the
 estimate (what the provider then reads of the rest of the data); ``pe-per-image`` has no key
-to reuse, so its attack runs on every scored image, each alone.
+to reuse, so its attack runs once per key sample on ``SCORED_PER_IMAGE`` images, each alone
+(recorded as N = 1: more images do not help it).
 
 Runs are kept per scheme in ``OUT/runs_<scheme>.json`` and resumed (a scheme measured in another
 checkout can be copied in); ``OUT/security_schemes.md`` / ``.json`` hold the cross-scheme table,
@@ -47,6 +48,8 @@ from timm_ppconvmixer.schemes import (
 )
 
 SCORED = {"fmnist28": 2000, "photo224": 100}  # images scored at every N (module doc)
+# without a shared key each image is attacked alone (seconds per photograph), once per key
+SCORED_PER_IMAGE = {"fmnist28": 2000, "photo224": 10}
 NS = {
     "fmnist28": [1, 2, 3, 5, 10, 30, 100, 300, 1000, 10000, 60000],
     "photo224": [1, 2, 3, 5, 10, 30, 100],
@@ -100,12 +103,15 @@ def run_scheme_setting(
     model = None
     if s["ref_y"] is not None:
         model = cached_classifier(cache / f"classifier_{x.shape[-1]}", s["ref"], s["ref_y"])
-    scored = SCORED[setting]
+    per_image = attack.score_key is None
+    scored = (SCORED_PER_IMAGE if per_image else SCORED)[setting]
+    # one key per image: N does not help the attacker, so one run per key (recorded as N = 1)
+    ns = s["ns"][:1] if per_image else s["ns"]
     rows = []
     for k in range(keys):
         key = _key(scheme, x, s["block"], 1000 + k)
         order = np.random.default_rng(1000 + k).permutation(len(x))
-        for n in s["ns"]:
+        for n in ns:
             # scored: the first images of this key's sample, the N attacked ones among them;
             # below ``scored`` images the estimate also decrypts further images under the
             # same key, so every N is judged on as many images (one image says little)
@@ -113,12 +119,12 @@ def run_scheme_setting(
             plain = x[shown]
             enc = encrypt(plain, key, layout="CHW")
             attacked = enc[:n]
-            if attack.score_key is None:
-                attacked = enc  # one key per image: N does not help; attack the scored ones
+            if per_image:
+                attacked = enc  # every scored image, each alone
             t = time.perf_counter()
             result = attack.recover(attacked, block, prior=prior)
             seconds = time.perf_counter() - t
-            if attack.score_key is None:
+            if per_image:
                 rec = reconstruct(result, attacked)
             else:
                 rec = reconstruct(result, enc)
@@ -258,10 +264,12 @@ def markdown(table: list[dict], rows: list[dict[str, Any]]) -> str:
         for n in (2, 3, 5, 10):
             p = photo.get(n)
             cells.append("-" if p is None else f"{p['psnr'][0]:.1f} / {p['ssim'][0]:.2f}")
-        rec = r.get("recognisable_N")
+        rec, exact = r.get("recognisable_N"), r.get("exact_N")
+        rec, exact = (never if v is None else v for v in (rec, exact))
+        if attack_for(r["scheme"]).score_key is None:  # N does not matter: each image alone
+            rec, exact = (v if v == never else "any (each image alone)" for v in (rec, exact))
         lines.append(
-            f"| {r['scheme']} | {acc} | {never if rec is None else rec} | "
-            f"{r.get('exact_N') or never} | "
+            f"| {r['scheme']} | {acc} | {rec} | {exact} | "
             f"{_mw(r.get('ssim_largest_N'), False, 3)} (N = {r.get('largest_N', '-')}) | "
             f"{_mw(r.get('seconds_largest_N'), False, 2)} | {'; '.join(cells)} |"
         )
@@ -310,6 +318,8 @@ def run(
         mine = [r for r in done if r["setting"] in settings]
         for setting in settings:
             ns = (QUICK_NS if quick else NS)[setting]
+            if attack_for(scheme).score_key is None:
+                ns = ns[:1]  # per-image schemes: one run per key (run_scheme_setting)
             have = [r for r in mine if r["setting"] == setting]
             if len(have) == keys * len(ns) and {r["N"] for r in have} == set(ns):
                 continue  # resumed: measured with the same keys and N
