@@ -22,7 +22,9 @@ Example:
 """
 
 from .ciphertext_only import recover_key
+from .ele_attack import recover_ele_key, score_ele_key
 from .known_plaintext import known_plaintext_attack
+from .le_attack import recover_le_key, score_le_key
 from .model_leak import block_order_from_p, key_from_converted_model, shuffle_from_stem
 from .priors import GenericPrior, ReferencePrior
 from .report import run_attack
@@ -37,9 +39,13 @@ __all__ = [
     "block_order_from_p",
     "key_from_converted_model",
     "known_plaintext_attack",
+    "recover_ele_key",
     "recover_key",
+    "recover_le_key",
     "run_attack",
+    "score_ele_key",
     "score_images",
     "score_key",
+    "score_le_key",
     "shuffle_from_stem",
 ]
