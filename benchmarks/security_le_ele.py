@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
                 s = min(n, SCORED)
                 rec = decrypt(enc[:s], result.key, layout="CHW")
                 row = {"scheme": scheme, "N": n, "key_seed": 1000 + k, "seconds": seconds}
-                row.update(entry.score_key(key, result.key))
+                row.update(entry.score_key(key, result.key, plain[:s]))
                 row.update(score_images(rec, plain[:s]))
                 if model is not None:
                     row["top1_plain"] = top1(model, plain[:s], y[idx][:s])

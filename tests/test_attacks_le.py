@@ -46,8 +46,9 @@ def test_100_images_give_the_whole_le_key(fmnist):
     x = _sample(fmnist[0], 100, 7)
     enc = encrypt(x, key, layout="CHW")
     result = attack_for("le").recover(enc, 4, prior=ReferencePrior(fmnist[1]))
-    score = score_le_key(key, result.key)
+    score = score_le_key(key, result.key, x)
     assert score["nibble_perm"] == 1.0 and score["nibble_mask_exact"] == 1.0
+    assert score["blocks_exact"] == 1.0
     assert score_images(decrypt(enc, result.key, layout="CHW"), x)["exact_images"] == 1.0
     upper = score_images(upper_only_images(enc, result.key), x)
     assert upper["psnr"] > 30.0 and upper["ssim"] > 0.85  # measured 31.8 dB, 0.91

@@ -41,7 +41,7 @@ from ..schemes.ele import ELEKey
 from .blocks import SYMMETRIES, from_blocks, symmetry_index_map, to_blocks, valid_symmetries
 from .ciphertext_only import check_encrypted_batch
 from .halves import HalvesEstimate, from_halves, half_stats, recover_halves, to_halves
-from .le_attack import _decrypt_halves, _score_parts, half_key_parts
+from .le_attack import _decrypt_halves, _score_parts, blocks_exact, half_key_parts
 from .oriented_jigsaw import VARIANTS, compose, solve_oriented_jigsaw, variant_parts
 from .priors import GenericPrior, ReferencePrior
 from .result import AttackResult
@@ -153,7 +153,9 @@ def score_ele_key(
       symmetry);
     * ``nibble_perm`` / ``nibble_mask`` and the ``upper_*`` / ``lower_*`` shares as in
       :func:`.le_attack.score_le_key`, over every (encrypted position, half), each position's
-      key compared with the true key of the plain block it holds, moved by the symmetry.
+      key compared with the true key of the plain block it holds, moved by the symmetry;
+    * with ``plain`` images, ``blocks_exact``: share of their blocks that decrypt exactly with
+      the estimate (blank blocks count when right whatever their key estimate).
     """
     if (true_key.image_size, true_key.block_size, true_key.channels) != (
         estimate.image_size,
@@ -182,4 +184,6 @@ def score_ele_key(
     out = dict(best)
     out.update({f"{k}_exact": exact[k] for k in ("block_perm", "nibble_perm")})
     out["nibble_mask_exact"] = exact["nibble_mask_exact"]
+    if plain is not None:
+        out["blocks_exact"] = blocks_exact(true_key, estimate, plain)
     return out

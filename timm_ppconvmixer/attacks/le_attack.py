@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from ..cipher import decrypt, encrypt
 from ..schemes.le import LEKey
 from .blocks import SYMMETRIES, Symmetry, from_blocks, position_map, to_blocks
 from .ciphertext_only import check_encrypted_batch
@@ -43,7 +44,7 @@ from .halves import HalvesEstimate, from_halves, half_stats, recover_halves, to_
 from .priors import GenericPrior, ReferencePrior
 from .result import AttackResult
 
-__all__ = ["half_key_parts", "recover_le_key", "score_le_key", "upper_only_images"]
+__all__ = ["blocks_exact", "half_key_parts", "recover_le_key", "score_le_key", "upper_only_images"]
 
 _BORDER_IMAGES = 2000  # images used to judge continuity across block borders
 
@@ -176,7 +177,8 @@ def score_le_key(
       bit is right, up to global inversion (the better of the two, reported in ``inverted``);
     * ``nibble_perm`` / ``nibble_mask``: the same over all 2D halves; ``*_exact`` without
       global inversion. No block symmetry is left to forgive: LE keeps blocks in place, so the
-      orientation is decided by the data (continuity across blocks).
+      orientation is decided by the data (continuity across blocks);
+    * with ``plain`` images, ``blocks_exact``: share of their blocks that decrypt exactly.
     """
     if (true_key.image_size, true_key.block_size, true_key.channels) != (
         estimate.image_size,
@@ -186,7 +188,18 @@ def score_le_key(
         raise ValueError("the estimate's geometry differs from the key's")
     tp, tm = true_key.nibble_perm.numpy(), true_key.nibble_mask.numpy()
     ep, em = estimate.nibble_perm.numpy(), estimate.nibble_mask.numpy()
-    return _score_parts(tp, tm, ep, em)
+    out = _score_parts(tp, tm, ep, em)
+    if plain is not None:
+        out["blocks_exact"] = blocks_exact(true_key, estimate, plain)
+    return out
+
+
+def blocks_exact(true_key, estimate, plain: np.ndarray) -> float:
+    """Share of the blocks of ``plain`` (N, C, H, W) that decrypt exactly under ``estimate``
+    after encryption with ``true_key`` (any block scheme)."""
+    m = true_key.block_size
+    rec = decrypt(encrypt(plain, true_key, layout="CHW"), estimate, layout="CHW")
+    return float((to_blocks(rec, m) == to_blocks(plain, m)).all(axis=2).mean())
 
 
 def _score_parts(tp, tm, ep, em) -> dict[str, Any]:
