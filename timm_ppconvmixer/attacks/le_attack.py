@@ -35,6 +35,7 @@ import time
 from typing import Any
 
 import numpy as np
+from scipy.optimize import linear_sum_assignment
 
 from ..cipher import decrypt, encrypt
 from ..schemes.le import LEKey
@@ -90,6 +91,59 @@ def _orient(halves, est, chw, m, sample) -> tuple[Symmetry, dict[str, float]]:
     return best, {g.name: v for g, v in costs.items()}
 
 
+def _neighbour_mean(x: np.ndarray) -> np.ndarray:
+    """Mean of the 4 neighbours of every pixel of ``(N, C, H, W)`` (edges replicated)."""
+    p = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)), mode="edge")
+    return (p[..., :-2, 1:-1] + p[..., 2:, 1:-1] + p[..., 1:-1, :-2] + p[..., 1:-1, 2:]) / 4
+
+
+def _smooth_lowers(halves, est, g, chw, m, rounds: int = 2):
+    """Re-pair the lower halves by the smoothness of the 8-bit picture (module doc, step 4).
+
+    With the upper halves placed, the neighbours of pixel ``p`` predict its 8-bit value, so
+    ``t_p = mean(neighbours) - 16 u_p`` predicts its lower half; each encrypted lower half is
+    assigned to the pixel whose ``t`` it correlates with most (inverted where negatively),
+    twice (the second time with the neighbours' lower halves from the first). Kept only where
+    these correlations are stronger, on average over the pairs, than those of the pairing with
+    the upper halves (:mod:`.halves`), the better cue where blank background dominates
+    (Fashion-MNIST: 0.63 against less; photographs: 0.17 against more). The smoothest picture
+    is no criterion: re-pairing by this cue makes any picture smoother than the true one.
+    Returns the estimate in the orientation ``g`` and which pairing was kept.
+    """
+    c = chw[0]
+    perm, mask = half_key_parts(est, c, m, g, tuple(range(c)), False)
+    framed = HalvesEstimate(est.upper, perm, mask, est.confidence)
+    lower_pos = np.nonzero(perm % 2 == 1)[0]  # encrypted halves placed as lower halves
+    enc_lower = halves[..., lower_pos].reshape(-1, len(lower_pos)).astype(np.float64)
+    plain = _decrypt_halves(halves, perm, mask)
+    upper = from_blocks(plain[..., 0::2], chw, m).astype(np.float64)
+    best = (est.confidence["lower_pairing"], framed, "correlation with the upper halves")
+    cand_perm, cand_mask = perm.copy(), mask.copy()
+    guess = 16 * upper + 7.5
+    for _ in range(rounds):
+        target = to_blocks(_neighbour_mean(guess) - 16 * upper, m).reshape(enc_lower.shape)
+        r = _corr(enc_lower, target)
+        rows, cols = linear_sum_assignment(-np.abs(r))
+        cand_perm[lower_pos[rows]] = 2 * cols + 1
+        cand_mask[lower_pos[rows]] = r[rows, cols] < 0
+        cand = from_blocks(from_halves(_decrypt_halves(halves, cand_perm, cand_mask)), chw, m)
+        guess = cand.astype(np.float64)
+        strength = float(np.abs(r[rows, cols]).mean())
+        if strength > best[0]:
+            kept = HalvesEstimate(est.upper, cand_perm.copy(), cand_mask.copy(), est.confidence)
+            best = (strength, kept, "smoothness of the 8-bit picture")
+    return best[1], best[2]
+
+
+def _corr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Correlation matrix between the columns of ``a`` and of ``b`` (constant columns: 0)."""
+    a = a - a.mean(0)
+    b = b - b.mean(0)
+    sa, sb = np.sqrt((a * a).sum(0)), np.sqrt((b * b).sum(0))
+    r = (a.T @ b) / np.outer(np.where(sa > 0, sa, 1), np.where(sb > 0, sb, 1))
+    return np.where(np.outer(sa > 0, sb > 0), r, 0.0)
+
+
 def recover_le_key(
     encrypted: np.ndarray,
     block_size: int,
@@ -113,7 +167,9 @@ def recover_le_key(
     est = recover_halves(stats, c, m, seed=seed)
     t1 = time.perf_counter()
     sample = np.random.default_rng(seed).permutation(n_img)[:_BORDER_IMAGES]
-    g, border = _orient(halves, est, (c, h, w), m, np.sort(sample))
+    chosen, border = _orient(halves, est, (c, h, w), m, np.sort(sample))
+    est, lowers = _smooth_lowers(halves[np.sort(sample)], est, chosen, (c, h, w), m)
+    g = SYMMETRIES[0]  # the estimate is now in the chosen orientation
     t2 = time.perf_counter()
     perm, mask = half_key_parts(est, c, m, g, tuple(range(c)), False)
     recon = from_blocks(from_halves(_decrypt_halves(halves[sample], perm, mask)), (c, h, w), m)
@@ -145,7 +201,8 @@ def recover_le_key(
             "images": n_img,
             "blocks_per_image": grid[0] * grid[1],
             "statistics_samples": stats.samples,
-            "chosen_block_symmetry": g.name,
+            "chosen_block_symmetry": chosen.name,
+            "lower_halves_by": lowers,
             "prior": choice.prior,
             "inverted": bool(choice.invert),
         },
