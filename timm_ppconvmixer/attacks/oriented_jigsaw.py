@@ -111,9 +111,10 @@ class OrientedSolution:
     notes: list[str] = field(default_factory=list)
 
 
-def _relative(lr: np.ndarray, tb: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+def _relative(lr: np.ndarray, tb: np.ndarray, n: int) -> tuple[np.ndarray, ...]:
     """Per pair (p, q): the variant of q (p as it is) that joins them best on any side, and the
-    Gallagher-style weight (cost over the best alternative of p and of q; lower is surer)."""
+    Gallagher-style weight (cost over the best alternative of p and of q; lower is surer), and
+    the cost itself."""
     v = VARIANTS
     lr4 = lr.reshape(n, v, n, v)[:, 0]  # p (variant 0) left of q (variant w): (n, n, v)
     rl4 = lr.reshape(n, v, n, v)[:, :, :, 0].transpose(2, 0, 1)  # q^w left of p: (p, q, w)
@@ -129,7 +130,7 @@ def _relative(lr: np.ndarray, tb: np.ndarray, n: int) -> tuple[np.ndarray, np.nd
     part = np.sort(best, axis=1)[:, :2]
     alt_p = np.where(best <= part[:, :1], part[:, 1:2], part[:, :1])
     alt = np.minimum(alt_p, alt_p.T)
-    return best_w, (best + eps) / (alt + eps)
+    return best_w, (best + eps) / (alt + eps), best
 
 
 def _propagate(best_w: np.ndarray, weight: np.ndarray) -> np.ndarray:
@@ -173,6 +174,32 @@ def _reorient(lay: np.ndarray, var: np.ndarray, lr: np.ndarray, tb: np.ndarray) 
     return new
 
 
+def _variant_cost(lay: np.ndarray, var: np.ndarray, lr: np.ndarray, tb: np.ndarray) -> float:
+    """Edge cost of a layout (cell -> piece) with the pieces in their variants."""
+    node = lay * VARIANTS + var[lay]
+    return float(lr[node[:, :-1], node[:, 1:]].sum() + tb[node[:-1, :], node[1:, :]].sum())
+
+
+def _rounds(pieces, grid, var, lr, tb, rounds):
+    """Solve, re-orient each piece to its placed neighbours, solve again, while that changes
+    anything; ``(solution, variants, rounds done, edge cost)``."""
+    n = pieces.shape[1]
+    done, sol = 0, None
+    while done < rounds:
+        done += 1
+        framed = np.stack([apply_variant(pieces[:, i], var[i]) for i in range(n)], 1)
+        sol = solve_jigsaw(framed, grid)
+        lay = np.empty(n, dtype=np.int64)
+        lay[sol.place] = np.arange(n)
+        new = _reorient(lay.reshape(grid), var, lr, tb)
+        if np.array_equal(new, var):
+            break
+        var = new
+    lay = np.empty(n, dtype=np.int64)
+    lay[sol.place] = np.arange(n)
+    return sol, var, done, _variant_cost(lay.reshape(grid), var, lr, tb)
+
+
 def solve_oriented_jigsaw(
     pieces: np.ndarray, grid: tuple[int, int], *, rounds: int = 4, seed: int = 0
 ) -> OrientedSolution:
@@ -186,18 +213,16 @@ def solve_oriented_jigsaw(
         block = slice(a * VARIANTS, (a + 1) * VARIANTS)
         lr[block, block] = np.inf
         tb[block, block] = np.inf
-    best_w, weight = _relative(lr, tb, n)
-    var = _propagate(best_w, weight)
-    done, sol = 0, None
-    while done < rounds:
-        done += 1
-        framed = np.stack([apply_variant(pieces[:, i], var[i]) for i in range(n)], 1)
-        sol = solve_jigsaw(framed, grid)
-        lay = np.empty(n, dtype=np.int64)
-        lay[sol.place] = np.arange(n)
-        new = _reorient(lay.reshape(grid), var, lr, tb)
-        if np.array_equal(new, var):
-            break
-        var = new
+    best_w, weight, cost = _relative(lr, tb, n)
+    # two frames to start from: the tree of the surest pairs (Gallagher's ratio) and the tree
+    # of the cheapest pairs; the final layout with the lower edge cost wins (one wrong tree
+    # edge turns a whole subtree, and the two trees rarely share the same wrong edge)
+    scale = float(np.median(cost[np.isfinite(cost)])) if np.isfinite(cost).any() else 1.0
+    best = None
+    for w in (weight, cost / max(scale, 1e-12)):
+        found = _rounds(pieces, grid, _propagate(best_w, w), lr, tb, rounds)
+        if best is None or found[3] < best[3]:
+            best = found
+    sol, var, done, _ = best
     notes = list(sol.notes)
     return OrientedSolution(sol.place, var, sol.confidence, done, notes)
