@@ -12,7 +12,9 @@ image that shares the key:
    every variant of every piece, all 16n variants at once;
 2. for every pair of pieces, the relative variant (and side) that joins them best, weighted by
    how much better it is than either piece's best alternative (Gallagher's ratio); a minimum
-   spanning tree of those weights propagates one common frame to every piece;
+   spanning tree of those weights propagates one common frame to every piece (and a second
+   tree, of the pair costs themselves, gives a second start; the final layout with the lower
+   edge cost wins);
 3. the pooled jigsaw solver (:func:`.jigsaw.solve_jigsaw`) places the re-oriented pieces; each
    piece then takes the variant that best fits its placed neighbours and the solver runs
    again, while that changes anything (a few rounds).
