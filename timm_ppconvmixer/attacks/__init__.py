@@ -22,7 +22,9 @@ Example:
 """
 
 from .ciphertext_only import recover_key
+from .ele_attack import recover_ele_key, score_ele_key
 from .known_plaintext import known_plaintext_attack
+from .le_attack import recover_le_key, score_le_key
 from .model_leak import block_order_from_p, key_from_converted_model, shuffle_from_stem
 from .pe_attack import recover_pe_key, recover_pe_per_image, score_pe_key
 from .priors import GenericPrior, ReferencePrior
@@ -38,12 +40,16 @@ __all__ = [
     "block_order_from_p",
     "key_from_converted_model",
     "known_plaintext_attack",
+    "recover_ele_key",
     "recover_key",
     "recover_pe_key",
     "recover_pe_per_image",
+    "recover_le_key",
     "run_attack",
+    "score_ele_key",
     "score_images",
     "score_key",
     "score_pe_key",
+    "score_le_key",
     "shuffle_from_stem",
 ]

@@ -32,6 +32,8 @@ import numpy as np
 
 from ..cipher import decrypt
 from .ciphertext_only import recover_key
+from .ele_attack import recover_ele_key, score_ele_key
+from .le_attack import recover_le_key, score_le_key
 from .pe_attack import recover_pe_key, recover_pe_per_image, score_pe_key
 from .result import AttackInputError, AttackResult
 from .scoring import score_key
@@ -71,6 +73,22 @@ SCHEME_ATTACKS: dict[str, SchemeAttack] = {
         None,
         (),
         "one image at a time: channel order from folded neighbours, bright sides by a min cut",
+    ),
+    "le": SchemeAttack(
+        "le",
+        recover_le_key,
+        score_le_key,
+        ("nibble_perm", "nibble_mask"),
+        "upper halves by correlation strength, placed and inverted as K2/K3 (pooled over all "
+        "blocks), lower halves paired with their pixel's upper half, orientation by continuity",
+    ),
+    "ele": SchemeAttack(
+        "ele",
+        recover_ele_key,
+        score_ele_key,
+        ("block_perm", "nibble_perm", "nibble_mask"),
+        "each position's LE key from statistics pooled over the N images, then the block order, "
+        "orientation and inversion by an oriented jigsaw solver pooled over the N images",
     ),
 }
 
