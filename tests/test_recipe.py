@@ -188,16 +188,44 @@ def test_config_errors_are_one_clear_line(tmp_path):
 
 
 def test_model_loaded_from_recipe_output_gives_same_logits(tmp_path, fmnist_key):
-    out = tmp_path / "short"
-    run(train_cmd(out, fmnist_key, "train.max_steps=2", "eval.every_epoch=false"))
-    model = timm.create_model(f"local-dir:{out / 'model'}", pretrained=True).eval()
+    """The exported model folder holds the weights the run trained: rebuilt independently
+    (timm.create_model from the run's config.yaml, then the last training checkpoint's
+    weights, as accelerate's save_state wrote them), it gives the exported model's logits on
+    real encrypted images; those weights are not the initial ones; and the top-1 the recipe
+    recorded is the exported model's."""
+    import yaml
     from safetensors.torch import load_file
 
-    state = load_file(out / "model" / "model.safetensors")
-    x = torch.randn(2, 1, 28, 28)
-    twin = timm.create_model(f"local-dir:{out / 'model'}", pretrained=False).eval()
-    twin.load_state_dict(state)
-    torch.testing.assert_close(model(x), twin(x))
+    from timm_ppconvmixer.data import load_fashion_mnist
+    from timm_ppconvmixer.transforms import create_transform
+
+    out = tmp_path / "short"
+    run(train_cmd(out, fmnist_key, "train.epochs=1", "eval.every_epoch=false"))
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    exported = timm.create_model(f"local-dir:{out / 'model'}", pretrained=True).eval()
+    (last,) = sorted((out / "checkpoints").glob("step_*"))[-1:]
+    assert last.name == "step_00000010"  # 640 // 64 updates: the epoch's end, the last step
+    torch.manual_seed(0)  # the recipe's seed: this is the run's initial model
+    independent = timm.create_model(cfg["model"]["name"], **cfg["model"]["kwargs"]).eval()
+    initial = {k: v.clone() for k, v in independent.state_dict().items()}
+    independent.load_state_dict(load_file(last / "model.safetensors"), strict=True)
+    key = BlockKey.load(fmnist_key)
+    tf = create_transform(key, is_training=False, mean=(0.5,), std=(0.5,))
+    test = load_fashion_mnist("test", limit=64)
+    x = torch.stack([tf(im) for im in test["image"]])
+    with torch.no_grad():
+        logits = exported(x)
+        torch.testing.assert_close(logits, independent(x), rtol=1e-6, atol=1e-6)
+        independent.load_state_dict(initial)
+        assert (logits - independent(x)).abs().max() > 1e-3  # trained, not the initial weights
+    trained = load_file(out / "model" / "model.safetensors")
+    moved = [
+        k for k, v in initial.items() if v.is_floating_point() and not torch.equal(v, trained[k])
+    ]
+    assert any("head" in k for k in moved) and any("stem.3" in k for k in moved)  # head and P
+    final = json.loads((out / "final_metrics.json").read_text())
+    top1 = owner_top1(out / "model", key, limit=200)
+    assert abs(final["eval"]["top1_key"] - top1) <= 1 / 200
 
 
 @pytest.mark.parametrize("arch", ["adaptnet_le_shakedrop_pyramidnet20_a48_fmnist"])
