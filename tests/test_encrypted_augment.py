@@ -226,6 +226,81 @@ def test_timm_cutmix_on_encrypted_batches_is_not_a_block_swap():
     assert mixed_runs >= 5  # timm's boxes fall on the 8-pixel grid only by chance
 
 
+def _soft_targets(lam: torch.Tensor, classes: int, smoothing: float) -> torch.Tensor:
+    """What mixing image i (label i) with its partner B-1-i (label B-1-i) must give, written
+    out from the definition (label smoothing, then lam and 1 - lam), not through timm."""
+    off, on = smoothing / classes, 1 - smoothing + smoothing / classes
+    eye = torch.full((classes, classes), off)
+    eye.fill_diagonal_(on)
+    return lam[:, None] * eye + (1 - lam[:, None]) * eye.flip(0)
+
+
+@pytest.mark.parametrize("mode", ["batch", "elem"])
+@pytest.mark.parametrize("region", ["box", "blocks"])
+def test_block_cutmix_takes_the_partner_blocks_lam_says_and_mixes_labels_with_that_lam(
+    mode, region
+):
+    """Read back, not re-derived: image i's pixels lie in [i/4, (i+1)/4), so every pixel of the
+    decrypted mix says which image it came from. Each plain block must come whole from image i
+    or its partner B-1-i, the partner's share of blocks must be exactly 1 - lam of the soft
+    target, lam must be strictly between 0 and 1, and a box region must be a rectangle of
+    encrypted blocks of that area."""
+    key = BlockKey.generate(32, 4, seed=6)  # 8 x 8 blocks
+    batch = 4
+    x = torch.cat([dyadic(key, 1, 10 + i, 64 * i, 64 * (i + 1)) for i in range(batch)])
+    fn = BlockMixup(
+        mixup_alpha=0.0,
+        cutmix_alpha=1.0,
+        mode=mode,
+        label_smoothing=0.1,
+        num_classes=batch,
+        block_size=4,
+        cutmix_region=region,
+    )
+    for seed in (2, 6, 8, 10):  # seeds whose lam is strictly inside (0, 1) for every image
+        np.random.seed(seed)
+        out, target = fn(encrypt(x, key), torch.arange(batch))
+        source = (decrypt(out, key) * 4).floor().long()  # the image each plain pixel came from
+        per_block = source.amax(1).unfold(1, 4, 4).unfold(2, 4, 4).flatten(-2)  # (B, 8, 8, 16)
+        low = source.amin(1).unfold(1, 4, 4).unfold(2, 4, 4).flatten(-2)
+        assert torch.equal(per_block.amax(-1), low.amin(-1)), "a plain block mixes two images"
+        block_source = per_block[..., 0].flatten(1)  # (B, n)
+        own = torch.arange(batch)[:, None]
+        assert ((block_source == own) | (block_source == batch - 1 - own)).all()
+        from_partner = block_source == batch - 1 - own
+        share = from_partner.double().mean(1)
+        assert ((share > 0) & (share < 1)).all(), (seed, share)  # a real swap, both images
+        lam = 1 - share.float()
+        torch.testing.assert_close(target, _soft_targets(lam, batch, 0.1))
+        # the blocks the partner gave, as encrypted positions: encrypted block e holds plain
+        # block block_perm[e], so e came from the partner iff block_perm[e] did
+        enc_taken = from_partner[:, key.block_perm].view(batch, *key.grid_size)
+        assert torch.equal(
+            out, torch.where(pixel_mask(key, enc_taken), encrypt(x.flip(0), key), encrypt(x, key))
+        )
+        if mode == "batch":
+            assert (enc_taken == enc_taken[0]).all()
+        if region == "box":
+            for taken in enc_taken:
+                rows, cols = taken.any(1).nonzero(), taken.any(0).nonzero()
+                box = (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1)
+                assert int(taken.sum()) == int(box), "the taken blocks are not a rectangle"
+
+
+def test_block_mixup_mixup_is_the_lam_weighted_sum_with_the_reversed_batch():
+    key = BlockKey.generate(16, 4, seed=7)
+    x = encrypt(dyadic(key, 4, 3), key)
+    fn = BlockMixup(mixup_alpha=1.0, mode="elem", label_smoothing=0.0, num_classes=4, block_size=4)
+    np.random.seed(5)  # a seed whose lam is well inside (0, 1) for every element
+    out, target = fn(x.clone(), torch.arange(4))
+    lam = target.diagonal()
+    assert ((lam > 0.01) & (lam < 0.99)).all(), lam  # every element really mixed
+    torch.testing.assert_close(target, _soft_targets(lam, 4, 0.0))
+    torch.testing.assert_close(
+        out, lam.view(-1, 1, 1, 1) * x + (1 - lam.view(-1, 1, 1, 1)) * x.flip(0)
+    )
+
+
 # -- claim 3: block erasing is exact -------------------------------------------------------------
 
 

@@ -491,7 +491,7 @@ def pushed_source(model, key: BlockKey, tmp_path: Path) -> dict[str, str]:
     }
 
 
-def test_push_then_pull_through_the_hub(hub: LocalHub, pushed_source, tmp_path: Path):
+def test_push_then_pull_through_the_hub(hub: LocalHub, pushed_source, model, tmp_path: Path):
     pushed = run_client(
         hub,
         tmp_path / "hf-push",
@@ -576,7 +576,7 @@ def test_push_then_pull_through_the_hub(hub: LocalHub, pushed_source, tmp_path: 
             tuned_head=list(tuned.head.weight.shape),
             tuned_keeps=torch.equal(tuned.stem[0].weight, model.stem[0].weight)
             and torch.equal(tuned.permutation.weight, model.permutation.weight),
-            size_error=size_error, probs=scope["probs"].tolist(),
+            size_error=size_error, probs=scope["probs"].tolist(), x=scope["x"].tolist(),
         )
         """,
         **pushed_source,
@@ -589,6 +589,22 @@ def test_push_then_pull_through_the_hub(hub: LocalHub, pushed_source, tmp_path: 
     assert "img_size" in pulled["size_error"] or "stem.3.weight" in pulled["size_error"]
     (probs,) = pulled["probs"]  # the card's usage snippet runs as written
     assert len(probs) == 3 and abs(sum(probs) - 1) < 1e-5
+    # and gives the pushed model's probabilities on the image encrypted with the key, computed
+    # here by another path (prepare_image, encrypt, normalise by hand, the in-memory model)
+    from timm_ppconvmixer import encrypt
+    from timm_ppconvmixer.images import prepare_image
+
+    key = BlockKey.load(pushed_source["key"])
+    plain = prepare_image(Image.open(Path(pushed_source["work"]) / "image.png"), key)
+    enc = torch.from_numpy(np.asarray(encrypt(plain, key)).copy()).permute(2, 0, 1).float() / 255
+    cfg = timm.data.resolve_data_config(model=model)
+    x = (enc - torch.tensor(cfg["mean"])[:, None, None]) / torch.tensor(cfg["std"])[:, None, None]
+    # the snippet's input is exactly this (a random-init model barely depends on its input,
+    # so the probabilities alone would not show a wrong resize or normalisation)
+    torch.testing.assert_close(torch.tensor(pulled["x"]), x[None], rtol=0, atol=1e-6)
+    with torch.no_grad():
+        expected = model(x[None]).softmax(-1)[0]
+    torch.testing.assert_close(torch.tensor(probs), expected, rtol=1e-5, atol=1e-6)
 
 
 # -- the zoo -----------------------------------------------------------------------------------
@@ -737,3 +753,79 @@ def test_leak_guard_ignores_constant_and_counting_runs_even_where_a_key_has_them
     key = EtCKey(32, 4, 3, **values)
     (tmp_path / "notes.json").write_text(json.dumps({"z": [0] * 80, "o": [1] * 80}))
     assert scan_for_key_material(tmp_path, key) == []
+
+
+# -- the shipped demo card: its numbers and its snippet ----------------------------------------
+
+PRETRAINED = REPO_ROOT / "timm_ppconvmixer" / "pretrained"
+DEMO = PRETRAINED / "ppconvmixer_256_8_fmnist.demo"
+DEMO_KEY = PRETRAINED / "fmnist28_demo.PUBLIC.key"
+DEMO_HUB_ID = "hf-hub:timm-ppconvmixer/ppconvmixer_256_8_fmnist.demo"
+
+
+def _fmnist_test():
+    from timm_ppconvmixer.data import DatasetUnavailableError, fashion_mnist_arrays
+
+    try:
+        return fashion_mnist_arrays("test")
+    except DatasetUnavailableError as e:  # pragma: no cover - the Makefile installs it
+        pytest.skip(f"Fashion-MNIST not installed ({e}); apt-get install dataset-fashion-mnist")
+
+
+def _owner_logits(model, images: np.ndarray, key: BlockKey) -> torch.Tensor:
+    """The model on ``images`` (N, 28, 28) encrypted with ``key``, normalised with the model's
+    0.5 / 0.5 by hand: an independent path, not the card's transform."""
+    from timm_ppconvmixer import encrypt
+
+    enc = encrypt(torch.from_numpy(images[:, None].copy()), key, layout="CHW")
+    with torch.no_grad():
+        return torch.cat([model((b.float() / 255 - 0.5) / 0.5) for b in enc.split(500)])
+
+
+def test_shipped_demo_card_states_the_metrics_file_and_its_snippet_runs(tmp_path, monkeypatch):
+    import re
+
+    from timm_ppconvmixer.hub import METRIC_LABELS
+
+    card = (DEMO / "README.md").read_text()
+    measured = json.loads((PRETRAINED / "fmnist28_demo_metrics.json").read_text())
+    # the model-index and the Results table hold exactly the metrics file's numbers
+    (result,) = front_matter(card)["model-index"][0]["results"]
+    assert [(m["name"], m["value"]) for m in result["metrics"]] == [
+        (f"Top-1 accuracy, {METRIC_LABELS[k]}", v) for k, v in measured["eval"].items()
+    ]
+    results = card.split("## Results")[1].split("## Usage")[0]
+    rows = re.findall(r"^\| (.+?) \| ([0-9.]+) % \|$", results, re.M)
+    assert rows == [(METRIC_LABELS[k], f"{100 * v:.2f}") for k, v in measured["eval"].items()]
+    assert results.count("%") == len(measured["eval"])  # no other number in the section
+    model = timm.create_model("ppconvmixer_256_8_fmnist.demo", pretrained=True).eval()
+    params = sum(p.numel() for p in model.parameters())
+    assert params == measured["params"] and f"| parameters | {params:,} (" in card
+    key = BlockKey.load(DEMO_KEY)
+    assert model.key_fingerprint == measured["key_fingerprint"] == key.fingerprint
+    assert f"| key fingerprint | `{key.fingerprint}` |" in card
+    # the usage snippet, run as written but for where the weights come from (no network here)
+    (usage,) = re.findall(r"```python\n(.*?)```", card, re.S)
+    assert usage.count(f'"{DEMO_HUB_ID}"') == 1
+    usage = usage.replace(DEMO_HUB_ID, f"local-dir:{DEMO}")
+    shutil.copy(DEMO_KEY, tmp_path / "owner.key")
+    monkeypatch.chdir(tmp_path)
+    images, labels = _fmnist_test()
+    expected = _owner_logits(model, images[:8], key).softmax(-1)
+    for i in range(8):
+        Image.fromarray(images[i], mode="L").save("image.png")
+        scope: dict[str, Any] = {}
+        with torch.no_grad():
+            exec(usage, scope)
+        torch.testing.assert_close(scope["probs"], expected[i : i + 1], rtol=1e-5, atol=1e-6)
+    assert int((expected.argmax(1).numpy() == labels[:8]).sum()) >= 6  # it does classify
+
+
+@pytest.mark.slow
+def test_shipped_demo_card_accuracy_is_reproduced_on_the_whole_test_split():
+    """The card's 88.38 % (top1_key), recomputed by the owner on all 10,000 test images."""
+    measured = json.loads((PRETRAINED / "fmnist28_demo_metrics.json").read_text())
+    model = timm.create_model("ppconvmixer_256_8_fmnist.demo", pretrained=True).eval()
+    images, labels = _fmnist_test()
+    predictions = _owner_logits(model, images, BlockKey.load(DEMO_KEY)).argmax(1).numpy()
+    assert float((predictions == labels).mean()) == measured["eval"]["top1_key"]

@@ -147,28 +147,72 @@ def test_keys_with_the_same_secrets_are_equal_whatever_their_salt():
     assert BlockKey.generate(16, 4, seed=4) != key
 
 
-def test_save_cannot_replace_a_file_created_after_any_check(tmp_path):
-    """Create-exclusive by link: a file that appears at the path is never replaced."""
+def test_save_cannot_replace_a_file_created_after_any_check(tmp_path, monkeypatch):
+    """Two writers race for one path, deterministically: both have written their whole key
+    and reached the step that gives the file its name before either takes it (any existence
+    check is behind both), then A goes first. Exactly A wins; B gets the clear error; the path
+    only ever holds A's complete file. Whatever call names the file (link, replace, rename) is
+    held at a barrier: the real call still runs, only its timing is fixed."""
+    import os
     import threading
+    from pathlib import Path
+
+    from timm_ppconvmixer import atomic
 
     path = tmp_path / "race.key"
-    keys = [BlockKey.generate(16, 4, seed=s) for s in range(8)]
-    outcomes: list[str] = []
+    a, b = BlockKey.generate(16, 4, seed=1), BlockKey.generate(16, 4, seed=2)
+    both_ready = threading.Barrier(2, timeout=30)
+    a_done = threading.Event()
+    seen: dict[str, object] = {}
 
-    def save(k):
+    def held(real):
+        def call(src, dst, *args, **kwargs):
+            if Path(dst) != path:
+                return real(src, dst, *args, **kwargs)
+            me = threading.current_thread().name
+            seen[me] = Path(src).read_bytes()  # what this writer is about to name
+            both_ready.wait()
+            seen.setdefault("path existed at the barrier", path.exists())
+            if me == "B":
+                assert a_done.wait(30)
+            try:
+                return real(src, dst, *args, **kwargs)
+            finally:
+                if me == "A":
+                    seen["after A"] = path.read_bytes() if path.exists() else None
+                    a_done.set()
+
+        return call
+
+    for name in ("link", "replace", "rename"):
+        monkeypatch.setattr(atomic.os, name, held(getattr(os, name)))
+    outcomes: dict[str, object] = {}
+
+    def save(k, name):
         try:
             k.save(path)
-            outcomes.append("saved")
-        except FileExistsError:
-            outcomes.append("refused")
+            outcomes[name] = "saved"
+        except FileExistsError as e:
+            outcomes[name] = e
+        finally:
+            if name == "A":
+                a_done.set()  # never leave B waiting, even if A failed early
 
-    threads = [threading.Thread(target=save, args=(k,)) for k in keys]
+    threads = [threading.Thread(target=save, args=(k, n), name=n) for k, n in ((a, "A"), (b, "B"))]
     for t in threads:
         t.start()
     for t in threads:
-        t.join()
-    assert outcomes.count("saved") == 1 and outcomes.count("refused") == 7
-    assert BlockKey.load(path) in keys
+        t.join(60)
+    monkeypatch.undo()
+    # both writers had their whole, valid key file ready and the path was still free
+    assert seen["A"] == a.to_json().encode() and seen["B"] == b.to_json().encode()
+    assert seen["path existed at the barrier"] is False
+    assert outcomes["A"] == "saved"
+    assert isinstance(outcomes["B"], FileExistsError)
+    assert "refusing to overwrite a key file" in str(outcomes["B"])
+    assert seen["after A"] == a.to_json().encode()  # complete the moment it appeared
+    assert path.read_bytes() == a.to_json().encode() and BlockKey.load(path) == a
+    assert (path.stat().st_mode & 0o777) == 0o600
     assert [p.name for p in tmp_path.iterdir()] == ["race.key"]  # no temporary files left
 
 

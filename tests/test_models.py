@@ -226,17 +226,64 @@ def test_forward_intermediates_prune_and_features_only():
     assert [f.shape[1:] for f in feats(torch.randn(1, 3, 32, 32))] == [(256, 8, 8)] * 2
 
 
-def test_grad_checkpointing_gives_same_outputs_and_grads():
+def _checkpointed_blocks(model) -> list[torch.nn.Module]:
+    """The modules ``set_grad_checkpointing`` puts under checkpoint: ConvMixer's blocks, or
+    the PyramidNet's residual units (its three stages)."""
+    if hasattr(model, "blocks"):
+        return list(model.blocks)
+    return [unit for stage in (model.layer1, model.layer2, model.layer3) for unit in stage]
+
+
+def _forward_backward_counting(model, x, seed: int):
+    """Logits, every parameter's gradient, and how often each checkpointed block started
+    running (a pre-hook: non-reentrant checkpointing stops a recomputation early, before a
+    forward hook would fire)."""
+    calls = [0] * len(_checkpointed_blocks(model))
+    hooks = [
+        block.register_forward_pre_hook(lambda *_, i=i: calls.__setitem__(i, calls[i] + 1))
+        for i, block in enumerate(_checkpointed_blocks(model))
+    ]
+    model.zero_grad(set_to_none=True)
+    torch.manual_seed(seed)  # ShakeDrop draws: the same in both runs
+    out = model(x)
+    after_forward = list(calls)
+    out.square().sum().backward()
+    for h in hooks:
+        h.remove()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return out.detach(), grads, after_forward, calls
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: small(depth=3),
+        lambda: timm.create_model(
+            "adaptnet_ele_shakedrop_pyramidnet20_a48", img_size=16, num_classes=5
+        ),
+    ],
+    ids=["ppconvmixer", "adaptnet_pyramidnet"],
+)
+def test_grad_checkpointing_gives_same_outputs_and_grads(make):
+    """With checkpointing on, every block's forward runs again during backward (its
+    activations were not kept), and logits and every gradient equal those without it."""
     torch.manual_seed(0)
-    model = small(depth=3).train()
-    x = torch.randn(2, 3, 16, 16)
-    model(x).sum().backward()
-    grad = model.permutation.weight.grad.clone()
-    twin = copy.deepcopy(model)
-    twin.zero_grad()
+    model = make().train()
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    twin = copy.deepcopy(model)  # before any forward: spectral norm's u moves with each one
+    out, grads, fwd, total = _forward_backward_counting(model, x, seed=2)
+    assert fwd == total == [1] * len(fwd)  # no recomputation without checkpointing
     twin.set_grad_checkpointing(True)
-    twin(x).sum().backward()
-    torch.testing.assert_close(twin.permutation.weight.grad, grad)
+    twin_out, twin_grads, twin_fwd, twin_total = _forward_backward_counting(twin, x, seed=2)
+    assert twin_fwd == [1] * len(fwd)  # once in forward (under checkpoint, not stored)
+    assert twin_total == [2] * len(fwd)  # and once more each in backward: recomputed
+    torch.testing.assert_close(twin_out, out, rtol=0, atol=0)
+    assert twin_grads.keys() == grads.keys() == {n for n, _ in model.named_parameters()}
+    for name, grad in grads.items():
+        torch.testing.assert_close(twin_grads[name], grad, msg=name)
+    # P (U for AdaptNet) gets a real gradient through the recomputed blocks
+    p_name = next(n for n, p in model.named_parameters() if p is model.permutation.weight)
+    assert grads[p_name].abs().sum() > 0
 
 
 def test_reset_classifier_keeps_p():

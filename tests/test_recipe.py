@@ -188,13 +188,86 @@ def test_config_errors_are_one_clear_line(tmp_path):
 
 
 def test_model_loaded_from_recipe_output_gives_same_logits(tmp_path, fmnist_key):
-    out = tmp_path / "short"
-    run(train_cmd(out, fmnist_key, "train.max_steps=2", "eval.every_epoch=false"))
-    model = timm.create_model(f"local-dir:{out / 'model'}", pretrained=True).eval()
+    """The exported model folder holds the weights the run trained: rebuilt independently
+    (timm.create_model from the run's config.yaml, then the last training checkpoint's
+    weights, as accelerate's save_state wrote them), it gives the exported model's logits on
+    real encrypted images; those weights are not the initial ones; and the top-1 the recipe
+    recorded is the exported model's."""
+    import yaml
     from safetensors.torch import load_file
 
-    state = load_file(out / "model" / "model.safetensors")
-    x = torch.randn(2, 1, 28, 28)
-    twin = timm.create_model(f"local-dir:{out / 'model'}", pretrained=False).eval()
-    twin.load_state_dict(state)
-    torch.testing.assert_close(model(x), twin(x))
+    from timm_ppconvmixer.data import load_fashion_mnist
+    from timm_ppconvmixer.transforms import create_transform
+
+    out = tmp_path / "short"
+    run(train_cmd(out, fmnist_key, "train.epochs=1", "eval.every_epoch=false"))
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    exported = timm.create_model(f"local-dir:{out / 'model'}", pretrained=True).eval()
+    (last,) = sorted((out / "checkpoints").glob("step_*"))[-1:]
+    assert last.name == "step_00000010"  # 640 // 64 updates: the epoch's end, the last step
+    torch.manual_seed(0)  # the recipe's seed: this is the run's initial model
+    independent = timm.create_model(cfg["model"]["name"], **cfg["model"]["kwargs"]).eval()
+    initial = {k: v.clone() for k, v in independent.state_dict().items()}
+    independent.load_state_dict(load_file(last / "model.safetensors"), strict=True)
+    key = BlockKey.load(fmnist_key)
+    tf = create_transform(key, is_training=False, mean=(0.5,), std=(0.5,))
+    test = load_fashion_mnist("test", limit=64)
+    x = torch.stack([tf(im) for im in test["image"]])
+    with torch.no_grad():
+        logits = exported(x)
+        torch.testing.assert_close(logits, independent(x), rtol=1e-6, atol=1e-6)
+        independent.load_state_dict(initial)
+        assert (logits - independent(x)).abs().max() > 1e-3  # trained, not the initial weights
+    trained = load_file(out / "model" / "model.safetensors")
+    moved = [
+        k for k, v in initial.items() if v.is_floating_point() and not torch.equal(v, trained[k])
+    ]
+    assert any("head" in k for k in moved) and any("stem.3" in k for k in moved)  # head and P
+    final = json.loads((out / "final_metrics.json").read_text())
+    top1 = owner_top1(out / "model", key, limit=200)
+    assert abs(final["eval"]["top1_key"] - top1) <= 1 / 200
+
+
+@pytest.mark.parametrize("arch", ["adaptnet_le_shakedrop_pyramidnet20_a48_fmnist"])
+def test_recipe_keys_and_trains_an_adaptnet_model(tmp_path, fmnist_key, arch):
+    """An AdaptNet PyramidNet has no ConvMixer stem (its stem[0] is the PyramidNet's 3x3
+    conv): the recipe must take the key's block size from the model's own block size, key it,
+    mix with block-aligned CutMix, take a few steps and export a model that reloads."""
+    out = tmp_path / "adapt"
+    cmd = [sys.executable, str(TRAIN), "--config", str(FMNIST), f"output={out}",
+           f"data.key={fmnist_key}", f"model.name={arch}",
+           "model.kwargs={num_classes: 10, in_chans: 1, img_size: 28}",
+           "data.train_limit=64", "data.val_limit=32", "data.num_workers=0",
+           "train.batch_size=16", "train.max_steps=2", "train.log_every=1",
+           "augment.cutmix=1.0", "eval.every_epoch=false",
+           "eval.batch_size=32"]  # fmt: skip
+    run(cmd, timeout=600)
+    key = BlockKey.load(fmnist_key)
+    final = json.loads((out / "final_metrics.json").read_text())
+    assert final["key_fingerprint"] == key.fingerprint
+    assert set(final["eval"]) == {"top1_key", "top1_plain", "top1_wrong_key"}
+    lines = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [ln["step"] for ln in lines if "loss" in ln] == [1, 2]
+    assert all(np.isfinite(ln["loss"]) for ln in lines if "loss" in ln)
+    model = timm.create_model(f"local-dir:{out / 'model'}", pretrained=True).eval()
+    assert model.pretrained_cfg["architecture"] == arch and model.adapt.block_size == 4
+    assert model(torch.zeros(1, 1, 28, 28)).shape == (1, 10)
+
+
+def test_block_size_comes_from_the_model_not_its_stem():
+    sys.path.insert(0, str(ROOT / "recipes"))
+    try:
+        from ppcm_recipe.build import block_size_of
+        from ppcm_recipe.config import ConfigError
+    finally:
+        sys.path.remove(str(ROOT / "recipes"))
+    convmixer = timm.create_model("ppconvmixer_256_8", img_size=28, in_chans=1, dim=16, depth=1)
+    assert block_size_of(convmixer) == 4 == convmixer.stem[0].kernel_size[0]
+    for arch in (
+        "adaptnet_le_shakedrop_pyramidnet20_a48",
+        "adaptnet_ele_shakedrop_pyramidnet20_a48",
+    ):
+        model = timm.create_model(arch, block_size=8)  # stem[0] is a 3x3 conv
+        assert block_size_of(model) == 8 != model.stem[0].kernel_size[0]
+    with pytest.raises(ConfigError, match="states no key block size"):
+        block_size_of(timm.create_model("shakedrop_pyramidnet20_a48"))

@@ -6,6 +6,7 @@ import torch
 from PIL import Image
 from timm.data import ImageDataset, create_loader
 from timm.data import create_transform as timm_create_transform
+from torchvision import transforms as T
 from torchvision.transforms import Normalize
 
 from timm_ppconvmixer import BlockKey, encrypt
@@ -138,3 +139,115 @@ def test_training_keeps_timms_default_interpolation(key, photo):
         timm_create_transform(32, is_training=True, interpolation="bicubic")
     )
     assert _resize_interpolations(bicubic) != _resize_interpolations(timms)
+
+
+# -- against timm's own pipelines, on real images ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def real_images():
+    """Real Fashion-MNIST test images: 12 greyscale 28x28, and 12 RGB 28x21 ones made of three
+    different garments as the channels (not square, so the shorter-side resize and the centre
+    crop both act)."""
+    from timm_ppconvmixer.data import DatasetUnavailableError, fashion_mnist_arrays
+
+    try:
+        images, _ = fashion_mnist_arrays("test")
+    except DatasetUnavailableError as e:  # pragma: no cover - the Makefile installs it
+        pytest.skip(f"Fashion-MNIST not installed ({e}); apt-get install dataset-fashion-mnist")
+    grey = [Image.fromarray(im, mode="L") for im in images[:12]]
+    rgb = [
+        Image.fromarray(np.stack(images[12 + 3 * i : 15 + 3 * i], -1)[:, 3:24], mode="RGB")
+        for i in range(12)
+    ]
+    return {1: grey, 3: rgb}
+
+
+KEYS = {1: dict(image_size=16, block_size=4, channels=1), 3: dict(image_size=24, block_size=4)}
+
+
+def _timm(key, **kwargs):
+    stats = dict(mean=(0.5,), std=(0.5,)) if key.channels == 1 else {}
+    return timm_create_transform((key.channels, *key.image_size), **stats, **kwargs)
+
+
+def _interpolations(tf) -> list:
+    from torchvision.transforms import InterpolationMode
+
+    found = [getattr(s, "interpolation", None) for s in tf.transforms]
+    return [m for m in found if isinstance(m, InterpolationMode)]
+
+
+def _with_encryption_before_normalize(pipeline, key):
+    """timm's float pipeline with encryption inserted right before its Normalize."""
+    *steps, norm = pipeline.transforms
+    assert isinstance(norm, Normalize)
+    head = T.Compose(steps)
+    return lambda img: norm(encrypt(head(img), key))
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_eval_pipeline_is_timms_bicubic_eval_plus_encryption_on_real_images(real_images, channels):
+    from torchvision.transforms import InterpolationMode
+
+    key = BlockKey.generate(**KEYS[channels], seed=channels)
+    ours = create_transform(key, is_training=False)
+    assert _interpolations(ours) == [InterpolationMode.BICUBIC]  # the package's eval default
+    timm_bicubic = _timm(
+        key, is_training=False, interpolation="bicubic", crop_pct=1.0, crop_mode="center",
+        use_prefetcher=True,
+    )  # fmt: skip
+    timm_bilinear = _timm(key, is_training=False, crop_pct=1.0, use_prefetcher=True)
+    assert _interpolations(timm_bilinear) == [InterpolationMode.BILINEAR]  # timm's default
+    mean, std = ours.transforms[-1].mean, ours.transforms[-1].std
+    norm = Normalize(mean, std)
+    differs = 0
+    for img in real_images[channels]:
+        plain = timm_bicubic(img)
+        assert plain.shape == (channels, *key.image_size) and plain.dtype == torch.uint8
+        out = ours(img)
+        assert torch.equal(out, norm(encrypt(plain, key).float().div(255)))
+        assert torch.equal(
+            create_transform(key, is_training=False, use_prefetcher=True)(img), encrypt(plain, key)
+        )
+        differs += not torch.equal(out, norm(encrypt(timm_bilinear(img), key).float().div(255)))
+    assert differs == len(real_images[channels])  # bilinear would give other pixels
+
+
+@pytest.mark.parametrize("use_prefetcher", [False, True])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_training_pipeline_is_timms_default_training_plus_encryption_on_real_images(
+    real_images, channels, use_prefetcher
+):
+    """Same seed, same image: our training output is exactly timm's default training output
+    (random resized crop with timm's default bilinear, flip, colour jitter), encrypted, then
+    normalised (or handed over as uint8 with the prefetcher)."""
+    from torchvision.transforms import InterpolationMode
+
+    key = BlockKey.generate(**KEYS[channels], seed=10 + channels)
+    ours = create_transform(key, is_training=True, use_prefetcher=use_prefetcher)
+    timms = _timm(key, is_training=True, use_prefetcher=use_prefetcher)
+    assert _interpolations(ours) == _interpolations(timms) == [InterpolationMode.BILINEAR]
+    if use_prefetcher:
+        expected_tf = lambda img: encrypt(timms(img), key)  # noqa: E731
+    else:
+        expected_tf = _with_encryption_before_normalize(timms, key)
+    ours_bicubic = create_transform(
+        key, is_training=True, use_prefetcher=use_prefetcher, interpolation="bicubic"
+    )
+    outputs = []
+    for seed, img in enumerate(real_images[channels][:6]):
+        random.seed(seed), torch.manual_seed(seed)  # timm's crop draws from random
+        expected = expected_tf(img)
+        random.seed(seed), torch.manual_seed(seed)
+        out = ours(img)
+        assert out.shape == (channels, *key.image_size)
+        if use_prefetcher:
+            assert out.dtype == torch.uint8 and torch.equal(out, expected)
+        else:  # ToTensor then flip (1 - v) vs flip on bytes then / 255: one float rounding
+            torch.testing.assert_close(out, expected, rtol=0, atol=1e-6)
+        random.seed(seed), torch.manual_seed(seed)
+        assert not torch.equal(ours_bicubic(img), out)  # the interpolation shows in the output
+        random.seed(seed + 100), torch.manual_seed(seed + 100)
+        outputs.append((out, ours(img)))
+    assert all(not torch.equal(a, b) for a, b in outputs)  # the augmentation is random

@@ -52,11 +52,26 @@ def norm_stats(cfg: dict, model, channels: int):
     return tuple(mean), tuple(std)
 
 
+def block_size_of(model) -> int:
+    """The key block size M a model is built for: a PPConvMixer's ``patch_size`` (its patch
+    embedding is one M x M block per token, paper Sec. III-B), an AdaptNet PyramidNet's
+    ``adapt.block_size`` (its adaptation network works on M x M blocks). Not ``stem[0]``: an
+    AdaptNet's stem is the PyramidNet's 3x3 convolution, which says nothing about M."""
+    for owner in (model, getattr(model, "adapt", None)):
+        size = getattr(owner, "patch_size", None) or getattr(owner, "block_size", None)
+        if isinstance(size, int):
+            return size
+    raise ConfigError(
+        f"{type(model).__name__} states no key block size (no patch_size, no adapt.block_size); "
+        "use a ppconvmixer_* or adaptnet_* model for encrypted images"
+    )
+
+
 def load_key(cfg: dict, model, input_size) -> BlockKey | None:
     if not cfg["data"]["key"]:
         return None
     key = BlockKey.load(cfg["data"]["key"])
-    patch = model.stem[0].kernel_size[0]
+    patch = block_size_of(model)
     if (key.channels, *key.image_size) != tuple(input_size) or key.block_size != patch:
         raise ConfigError(
             f"key {key.fingerprint} is for {key.channels}x{key.image_size[0]}x{key.image_size[1]} "
@@ -105,7 +120,7 @@ def build_mixup(cfg: dict, model, encrypted_domain: bool):
     if aug["cutmix"] > 0 and encrypted_domain:
         from timm_ppconvmixer.encrypted_augment import BlockMixup
 
-        return BlockMixup(block_size=model.stem[0].kernel_size[0], **args)
+        return BlockMixup(block_size=block_size_of(model), **args)
     return Mixup(**args)
 
 
