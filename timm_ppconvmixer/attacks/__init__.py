@@ -22,6 +22,7 @@ Example:
 """
 
 from .ciphertext_only import recover_key
+from .etc_attack import recover_etc_key, score_etc_key
 from .known_plaintext import known_plaintext_attack
 from .model_leak import block_order_from_p, key_from_converted_model, shuffle_from_stem
 from .priors import GenericPrior, ReferencePrior
@@ -37,8 +38,10 @@ __all__ = [
     "block_order_from_p",
     "key_from_converted_model",
     "known_plaintext_attack",
+    "recover_etc_key",
     "recover_key",
     "run_attack",
+    "score_etc_key",
     "score_images",
     "score_key",
     "shuffle_from_stem",

@@ -32,6 +32,7 @@ import numpy as np
 
 from ..cipher import decrypt
 from .ciphertext_only import recover_key
+from .etc_attack import recover_etc_key, score_etc_key
 from .result import AttackInputError, AttackResult
 from .scoring import score_key
 
@@ -56,6 +57,14 @@ SCHEME_ATTACKS: dict[str, SchemeAttack] = {
         score_key,
         ("K1", "K2", "K3"),
         "K3 from correlation signs, K2 from correlation geometry, K1 by the pooled jigsaw solver",
+    ),
+    "etc": SchemeAttack(
+        "etc",
+        recover_etc_key,
+        score_etc_key,
+        ("block_perm", "orientation", "inversion", "channel_order"),
+        "extended jigsaw solver over pieces of unknown orientation, inversion and channel "
+        "order, edge costs pooled over the images; a prior for the global transform",
     ),
 }
 
