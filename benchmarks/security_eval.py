@@ -4,6 +4,9 @@ One command runs every setting and writes ``OUT/security_eval.json`` and ``OUT/s
 (a markdown table, also printed):
 
     python benchmarks/security_eval.py --out outputs/security_eval [--quick]
+    python benchmarks/security_eval.py --schemes all --out outputs/security_schemes
+
+(the second: every scheme's attack the same way, ``benchmarks/security_schemes.py``).
 
 Settings (docs/security.md explains the choices):
 
@@ -357,8 +360,40 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--keys", type=int, default=5)
     p.add_argument("--quick", action="store_true", help="smaller N (a smoke run)")
     p.add_argument("--only", nargs="*", help="run only these settings")
+    p.add_argument(
+        "--schemes",
+        nargs="+",
+        help="'all' or scheme names: the cross-scheme evaluation (benchmarks/security_schemes.py) "
+        "instead of the blockwise settings above",
+    )
+    p.add_argument(
+        "--settings",
+        nargs="+",
+        default=["fmnist28", "photo224"],
+        choices=["fmnist28", "photo224"],
+        help="with --schemes: which data",
+    )
+    p.add_argument(
+        "--table1",
+        default="outputs/table1/table1.json",
+        help="with --schemes: the Table I reproduction's JSON, for each scheme's top-1",
+    )
     args = p.parse_args(argv)
     torch.set_num_threads(1)
+    if args.schemes:
+        sys.path.insert(0, str(Path(__file__).parent))
+        from security_schemes import run
+
+        run(
+            args.schemes,
+            Path(args.out),
+            keys=args.keys,
+            quick=args.quick,
+            settings=args.settings,
+            table1=Path(args.table1),
+            photo_crops=photo_crops,
+        )
+        return
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()

@@ -71,3 +71,17 @@ def holds_key_material(data: bytes, key) -> list[str]:
         for label, forms in key_encodings(key).items()
         if any(form in view for form in forms for view in views)
     )
+
+
+@pytest.fixture(scope="module")
+def fmnist():
+    """Real Fashion-MNIST (the Debian package): ``(train (60000, 1, 28, 28) uint8, train
+    labels, test (10000, 1, 28, 28) uint8)``; the attacks' data (train) and public prior (test)."""
+    from timm_ppconvmixer.data import DatasetUnavailableError, fashion_mnist_arrays
+
+    try:
+        train, labels = fashion_mnist_arrays("train")
+        test, _ = fashion_mnist_arrays("test")
+    except DatasetUnavailableError as e:  # pragma: no cover - the Makefile installs it
+        pytest.skip(f"Fashion-MNIST not installed ({e}); apt-get install dataset-fashion-mnist")
+    return train[:, None], labels, test[:, None]

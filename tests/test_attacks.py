@@ -32,17 +32,6 @@ from timm_ppconvmixer.attacks import (
 )
 from timm_ppconvmixer.attacks.inputs import load_images
 from timm_ppconvmixer.convert import encrypt_model
-from timm_ppconvmixer.data import DatasetUnavailableError, fashion_mnist_arrays
-
-
-@pytest.fixture(scope="module")
-def fmnist():
-    try:
-        train, labels = fashion_mnist_arrays("train")
-        test, _ = fashion_mnist_arrays("test")
-    except DatasetUnavailableError as e:  # pragma: no cover - the Makefile installs it
-        pytest.skip(f"Fashion-MNIST not installed ({e}); apt-get install dataset-fashion-mnist")
-    return train[:, None], labels, test[:, None]
 
 
 def _same_key(a: BlockKey, b: BlockKey) -> bool:
@@ -207,7 +196,7 @@ def test_ssim_matches_scikit_image(fmnist):
         assert ours.min() < 0.9  # the pairs differ: the comparison is not of 1 with 1
 
 
-def test_attacks_and_conversion_refuse_other_schemes(tmp_path):
+def test_conversion_refuses_other_schemes():
     import timm
 
     from timm_ppconvmixer.convert import ConversionError, encrypt_model
@@ -217,8 +206,48 @@ def test_attacks_and_conversion_refuse_other_schemes(tmp_path):
     plain = timm.create_model("ppconvmixer_256_8", img_size=16, permutation=False, dim=8, depth=1)
     with pytest.raises(ConversionError, match="blockwise scheme only, not for a 'ele' key"):
         encrypt_model(plain, ele)
+
+
+def test_the_attacked_scheme_is_the_one_the_data_record(tmp_path):
+    """ENCRYPTION.json, else the dataset card's block, names the scheme; a caller's --scheme
+    that contradicts it is refused, and only data without a record take the caller's word."""
+    from timm_ppconvmixer.attacks.inputs import CARD_BLOCK, scheme_of
+    from timm_ppconvmixer.hub.dataset_card import CARD_BLOCK as HUB_CARD_BLOCK
+    from timm_ppconvmixer.hub.dataset_card import dataset_card
+    from timm_ppconvmixer.schemes import generate_key
+
+    assert CARD_BLOCK == HUB_CARD_BLOCK  # one name, repeated across independent layers
+    ele = generate_key("ele", image_size=16, block_size=4, channels=1, seed=0)
     folder = tmp_path / "enc"
-    folder.mkdir()
+    (folder / "0").mkdir(parents=True)
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(folder / "0" / "a.png")
     (folder / "ENCRYPTION.json").write_text(json.dumps(ele.describe()))
-    with pytest.raises(AttackInputError, match="encrypted with the 'ppconvmixer-ele' scheme"):
-        load_images(folder)
+    batch = load_images(folder)
+    assert scheme_of(batch) == "ele"
+    assert scheme_of(batch, "ppconvmixer-ele") == "ele"
+    with pytest.raises(AttackInputError, match="the data record the 'ele' scheme, not 'le'"):
+        scheme_of(batch, "le")
+    with pytest.raises(AttackInputError, match="the data record the 'ele' scheme"):
+        run_attack(folder, tmp_path / "out", scheme="blockwise", progress=False)
+    # a folder as pushed to the Hub: no ENCRYPTION.json, the card's YAML holds the facts
+    (folder / "ENCRYPTION.json").unlink()
+    etc = generate_key("etc", image_size=16, block_size=4, channels=1, seed=0)
+    (folder / "README.md").write_text(dataset_card(etc, {"train": 1}, repo_id="me/enc"))
+    assert scheme_of(load_images(folder)) == "etc"
+    # no record at all (a saved dataset without its manifest): the caller's word, or blockwise
+    (folder / "README.md").unlink()
+    assert scheme_of(load_images(folder, encrypted=False)) == "blockwise"
+    assert scheme_of(load_images(folder, encrypted=False), "pe") == "pe"
+
+
+def test_an_owner_key_of_another_scheme_is_refused(tmp_path, fmnist):
+    from timm_ppconvmixer.folders import encrypt_folder
+    from timm_ppconvmixer.schemes import generate_key
+
+    x, labels, _ = fmnist
+    plain, enc = tmp_path / "plain", tmp_path / "enc"
+    _write_folder(plain, x[:12], labels[:12])
+    encrypt_folder(plain, enc, BlockKey.generate(28, 4, 1, seed=41), workers=1, progress=False)
+    le = generate_key("le", image_size=28, block_size=4, channels=1, seed=0)
+    with pytest.raises(AttackInputError, match="the key is a le key, the data record the blockw"):
+        run_attack(enc, tmp_path / "out", key=le, progress=False)

@@ -26,9 +26,12 @@ from ..images import ImagePolicyError, to_key_mode
 from ..schemes.base import BLOCKWISE_FILE_SCHEME
 from .result import AttackInputError
 
-__all__ = ["MANIFEST", "Batch", "load_images"]
+__all__ = ["MANIFEST", "Batch", "load_images", "scheme_of"]
 
 MANIFEST = "ENCRYPTION.json"  # written by ppconvmixer encrypt (folders module)
+# the dataset card's YAML block of public facts (hub.dataset_card.CARD_BLOCK; attacks and hub are
+# independent layers, so the name is repeated here and tested equal in tests/test_attacks.py)
+CARD_BLOCK = "ppconvmixer"
 _EXTENSIONS = {".png", ".bmp", ".tif", ".tiff", ".ppm", ".pgm", ".jpg", ".jpeg", ".webp"}
 
 
@@ -125,6 +128,44 @@ def _load_dataset(root: Path, limit: int | None, channels: int | None) -> Batch:
     return Batch(_stack(arrays, names, root), labels, names)
 
 
+def _record(root: Path) -> dict[str, Any]:
+    """The data's public record of how it was encrypted: ``ENCRYPTION.json``, else the
+    ``ppconvmixer`` block of a dataset card (``README.md``, as pushed to the Hub); ``{}``."""
+    if (root / MANIFEST).is_file():
+        try:
+            return json.loads((root / MANIFEST).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise AttackInputError(f"{root / MANIFEST} is unreadable ({e})") from None
+    if (root / "README.md").is_file():
+        from huggingface_hub import DatasetCard
+
+        try:
+            data = DatasetCard.load(root / "README.md").data.to_dict()
+        except (OSError, ValueError) as e:
+            raise AttackInputError(f"{root / 'README.md'}: unreadable dataset card ({e})") from None
+        block = data.get(CARD_BLOCK)
+        if isinstance(block, dict) and block.get("encrypted"):
+            return dict(block)
+    return {}
+
+
+def scheme_of(batch: Batch, scheme: str | None = None) -> str:
+    """The scheme the data were encrypted with, by its short name (``"blockwise"``, ``"le"``,
+    ...), from the data's own record; ``scheme`` is what the caller says, for data without a
+    record (default there: the paper's blockwise scheme) and checked against a record."""
+    recorded = batch.manifest.get("scheme")
+    if recorded is None:
+        return (scheme or BLOCKWISE_FILE_SCHEME).removeprefix("ppconvmixer-")
+    recorded = str(recorded).removeprefix("ppconvmixer-")
+    if scheme is not None and scheme.removeprefix("ppconvmixer-") != recorded:
+        # the scheme is read from the data's record, never taken from a guess
+        raise AttackInputError(
+            f"the data record the {recorded!r} scheme, not {scheme!r}: drop --scheme, or pass "
+            "the data it was meant for"
+        )
+    return recorded
+
+
 def load_images(source: str | Path, limit: int | None = None, *, encrypted: bool = True) -> Batch:
     """Load an encrypted (or, with ``encrypted=False``, plain) folder or saved dataset;
     ``limit`` keeps a seeded random subset of that many images."""
@@ -133,23 +174,11 @@ def load_images(source: str | Path, limit: int | None = None, *, encrypted: bool
         raise AttackInputError(f"{root} does not exist")
     if limit is not None and limit < 1:
         raise AttackInputError(f"--limit must be a positive number of images, got {limit}")
-    manifest: dict[str, Any] = {}
-    if (root / MANIFEST).is_file():
-        try:
-            manifest = json.loads((root / MANIFEST).read_text(encoding="utf-8"))
-        except (OSError, ValueError) as e:
-            raise AttackInputError(f"{root / MANIFEST} is unreadable ({e})") from None
-    elif encrypted and not _is_dataset(root):
+    manifest = _record(root)
+    if encrypted and not manifest and not _is_dataset(root):
         raise AttackInputError(
             f"{root} is not encrypted data: no {MANIFEST} (written by 'ppconvmixer encrypt') "
             "and not a saved datasets dataset; pass the encrypted folder, not the plain one"
-        )
-    scheme = manifest.get("scheme", BLOCKWISE_FILE_SCHEME)
-    if encrypted and scheme not in (BLOCKWISE_FILE_SCHEME, "blockwise"):
-        # the scheme is read from the data's manifest, never guessed from a key
-        raise AttackInputError(
-            f"{root} is encrypted with the {scheme!r} scheme ({MANIFEST}); the attacks here "
-            "target the paper's blockwise scheme only, so no result would mean anything"
         )
     channels = manifest.get("channels")
     if root.is_dir() and _is_dataset(root):

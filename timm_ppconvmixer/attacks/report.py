@@ -1,11 +1,13 @@
 """``run_attack``: the provider's attack on an encrypted dataset, as a report.
 
 For N = 1, 10, 100, ... up to the data size (nested random samples), it recovers the key from the
-ciphertext alone (:func:`~.ciphertext_only.recover_key`), decrypts with the estimate, and draws
+ciphertext alone with the attack of the scheme the data record (:mod:`.schemes`; for the paper's
+scheme :func:`~.ciphertext_only.recover_key`), decrypts with the estimate, and draws
 plain / encrypted / reconstruction side by side. With the owner's key (or plain images) it
 scores itself (:mod:`.scoring`, :mod:`.classifier`). Writes ``report.md``, ``result.json``,
 ``figures/`` and the final estimate as ``recovered.key`` (0600, never overwritten); neither
-report holds key material, only public fingerprints.
+report holds key material, only public fingerprints. For a scheme without a shared key
+(``pe-per-image``) N does not help: one step attacks every image alone, and no key is written.
 
 Example:
     >>> run_attack("fmnist-enc/", "attack-report/", key="owner.key")  # doctest: +SKIP
@@ -22,13 +24,14 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..cipher import decrypt
-from ..key import BlockKey
-from .ciphertext_only import check_encrypted_batch, recover_key
+from ..schemes import ENCRYPT_ONLY_SCHEMES, PIXEL_WISE, SchemeKey, load_key
+from .ciphertext_only import check_encrypted_batch
 from .classifier import cached_classifier, top1
-from .inputs import MANIFEST, load_images
+from .inputs import MANIFEST, load_images, scheme_of
 from .priors import GenericPrior, ReferencePrior
 from .result import AttackInputError
-from .scoring import score_images, score_key
+from .schemes import attack_for, reconstruct
+from .scoring import score_images
 
 __all__ = ["KEY_FILE", "run_attack"]
 
@@ -41,10 +44,21 @@ def _steps(n: int) -> list[int]:
     return steps + [n]
 
 
-def _load_key(key: BlockKey | str | Path | None, images: np.ndarray) -> BlockKey | None:
+def _load_key(key: SchemeKey | str | Path | None, images: np.ndarray, scheme: str):
+    """The owner's key, checked against the data's geometry and recorded scheme."""
     if key is None:
         return None
-    key = key if isinstance(key, BlockKey) else BlockKey.load(key)
+    if scheme in ENCRYPT_ONLY_SCHEMES:
+        raise AttackInputError(
+            f"{scheme} data have no key (every image got its own, never stored): score the "
+            "attack with --plain instead of --key"
+        )
+    key = key if isinstance(key, SchemeKey) else load_key(key)
+    if key.scheme != scheme:
+        raise AttackInputError(
+            f"the key is a {key.scheme} key, the data record the {scheme} scheme: not the key "
+            "of these images"
+        )
     if (key.channels, *key.image_size) != images.shape[1:]:
         raise AttackInputError(
             f"the key is for {key.channels}x{key.image_size[0]}x{key.image_size[1]} images, the "
@@ -105,14 +119,18 @@ def run_attack(
     encrypted_source: str | Path,
     out_dir: str | Path,
     *,
-    key: BlockKey | str | Path | None = None,
+    key: SchemeKey | str | Path | None = None,
     plain: str | Path | None = None,
     limit: int | None = None,
     progress: bool = True,
     reference: str | Path | None = None,
     block_size: int | None = None,
+    scheme: str | None = None,
 ) -> dict[str, Any]:
     """Attack ``encrypted_source`` (folder with ENCRYPTION.json, or saved dataset) and report.
+
+    The attack is the one of the scheme the data record (``ENCRYPTION.json``, or the dataset
+    card's ``ppconvmixer`` block), looked up in :data:`~.schemes.SCHEME_ATTACKS`.
 
     Args:
         encrypted_source: what the provider holds.
@@ -124,7 +142,9 @@ def run_attack(
         reference: public plain images of the same kind for the orientation prior (a folder,
             a saved dataset, or ``"fashion-mnist"`` for the public test split); default: the
             data-free generic prior.
-        block_size: M when the source has no ENCRYPTION.json (saved datasets).
+        block_size: M when the source has no record of it (saved datasets).
+        scheme: the scheme when the source has no record of it (default: ``blockwise``);
+            refused when it contradicts the record.
 
     Returns:
         The content of ``result.json``.
@@ -135,20 +155,25 @@ def run_attack(
             f"{out / KEY_FILE} exists; a recovered key is never overwritten: use a new --out folder"
         )
     batch = load_images(encrypted_source, limit)
+    name = scheme_of(batch, scheme)
+    attack = attack_for(name)
     images = batch.images
-    m = block_size or batch.manifest.get("block_size")
+    m = block_size or batch.manifest.get("block_size") or (1 if name in PIXEL_WISE else None)
     if m is None:
         raise AttackInputError(
             f"{encrypted_source} has no {MANIFEST} saying the block size; pass block_size "
             "(the model's patch size)"
         )
-    n, c, h, w = check_encrypted_batch(images, int(m))
+    if name in PIXEL_WISE:
+        n, c, h, w = images.shape
+    else:
+        n, c, h, w = check_encrypted_batch(images, int(m))
     # N = 1, 10, ... are random samples of the data (seeded), not the first files of a tree
     # sorted by class
     order = np.random.default_rng(0).permutation(n)
     images = images[order]
     labels = None if batch.labels is None else batch.labels[order]
-    owner_key = _load_key(key, images)
+    owner_key = _load_key(key, images, name)
     plain_images = None
     if plain is not None:
         plain_images = load_images(plain, limit, encrypted=False).images
@@ -164,85 +189,102 @@ def run_attack(
     prior = _reference(reference, (c, h, w))
     (out / "figures").mkdir(parents=True, exist_ok=True)
     steps: list[dict[str, Any]] = []
-    result = None
-    for count in tqdm(_steps(n), desc="attack (N images)", disable=not progress):
+    result = recon = None
+    # without a shared key, N does not help the attacker: one step over every image
+    counts = [n] if attack.score_key is None else _steps(n)
+    for count in tqdm(counts, desc="attack (N images)", disable=not progress):
         t = time.perf_counter()
-        result = recover_key(images[:count], int(m), prior=prior)
+        result = attack.recover(images[:count], int(m), prior=prior)
         step: dict[str, Any] = {"N": count, "seconds": round(time.perf_counter() - t, 3)}
         step.update(result.to_dict())
         del step["fingerprint"]  # a fresh random salt per step: meaningless to compare
-        recon = decrypt(images[:count], result.key, layout="CHW")
-        if owner_key is not None:
-            step["key_recovered"] = score_key(owner_key, result.key, plain_images[:count])
+        recon = reconstruct(result, images[:count])
+        if owner_key is not None and attack.score_key is not None:
+            step["key_recovered"] = attack.score_key(owner_key, result.key, plain_images[:count])
         if plain_images is not None:
             step["images"] = score_images(recon, plain_images[:count])
         fig = f"figures/reconstruction_N{count}.png"
         k = min(_SAMPLES, count)
         show = None if plain_images is None else plain_images[:k]
-        _figure(out / fig, show, images[:k], recon[:k], f"N = {count} images")
+        _figure(out / fig, show, images[:k], recon[:k], f"{name}, N = {count} images")
         step["figure"] = fig
         steps.append(step)
     report: dict[str, Any] = {
         "source": str(encrypted_source),
+        "scheme": name,
+        "attack": attack.summary,
+        "key_parts": list(attack.key_parts),
         "images": n,
         "geometry": {"channels": c, "image_size": [h, w], "block_size": int(m)},
         "prior": prior.name,
         "steps": steps,
-        "recovered_key_file": KEY_FILE,
-        "recovered_key_fingerprint": result.key.fingerprint,
+        "recovered_key_file": None if result.key is None else KEY_FILE,
+        "recovered_key_fingerprint": None if result.key is None else result.key.fingerprint,
         "owner_key_fingerprint": None if owner_key is None else owner_key.fingerprint,
     }
     if plain_images is not None and labels is not None and n >= 20:
-        report["classifier"] = _classifier(out, images, result.key, plain_images, labels)
-    result.key.save(out / KEY_FILE)  # 0600, refuses to overwrite
+        if result.key is not None:
+            recon = decrypt(images, result.key, layout="CHW")  # the last estimate, every image
+        report["classifier"] = _classifier(out, images, recon, plain_images, labels)
+    if result.key is not None:
+        result.key.save(out / KEY_FILE)  # 0600, refuses to overwrite
     (out / "result.json").write_text(json.dumps(report, indent=2) + "\n")
     (out / "report.md").write_text(_markdown(report))
     return report
 
 
-def _classifier(out: Path, images, est: BlockKey, plain, labels) -> dict[str, Any]:
+def _classifier(out: Path, images, recon, plain, labels) -> dict[str, Any]:
     """Train on even-indexed plain images, evaluate on the odd ones (disjoint)."""
     train, test = np.arange(0, len(images), 2), np.arange(1, len(images), 2)
     model = cached_classifier(out / "classifier", plain[train][:20000], labels[train][:20000])
-    recon = decrypt(images[test], est, layout="CHW")
     return {
         "trained_on": "even-indexed plain images (at most 20000), cached in classifier/",
         "evaluated_on": f"{len(test)} odd-indexed images",
         "top1_plain": top1(model, plain[test], labels[test]),
-        "top1_reconstruction": top1(model, recon, labels[test]),
+        "top1_reconstruction": top1(model, recon[test], labels[test]),
         "top1_encrypted": top1(model, images[test], labels[test]),
     }
 
 
 def _markdown(r: dict[str, Any]) -> str:
-    g = r["geometry"]
+    g, parts = r["geometry"], r["key_parts"]
+    where = (
+        f"The recovered key is in `{r['recovered_key_file']}` (fingerprint "
+        f"{r['recovered_key_fingerprint']}); this report holds no key material."
+        if r["recovered_key_file"]
+        else "The scheme shares no key between images: the attack reconstructs each image alone."
+    )
+    header = ["N", "seconds", *(f"conf {k}" for k in parts), *parts]
+    header += ["exact images", "PSNR", "SSIM"]
     lines = [
         "# Ciphertext-only attack report",
         "",
         f"Source: `{r['source']}`, {r['images']} images of {g['channels']}x"
-        f"{g['image_size'][0]}x{g['image_size'][1]}, block {g['block_size']}. Prior for the "
-        f"symmetries: {r['prior']}. The recovered key is in `{r['recovered_key_file']}` "
-        f"(fingerprint {r['recovered_key_fingerprint']}); this report holds no key material.",
+        f"{g['image_size'][0]}x{g['image_size'][1]}, block {g['block_size']}, encrypted with "
+        f"the {r['scheme']} scheme. Attack: {r['attack']}. Prior for the symmetries: "
+        f"{r['prior']}. {where}",
         "",
-        "| N | seconds | conf K1 | conf K2 | conf K3 | K1 | K2 | K3 | exact images | PSNR | SSIM |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| " + " | ".join(header) + " |",
+        "| " + " | ".join("---" for _ in header) + " |",
     ]
+
+    def f(d: dict, name: str, pct: bool = True) -> str:
+        v = d.get(name)
+        if not isinstance(v, (int, float)):
+            return "-"
+        return f"{100 * v:.1f} %" if pct else f"{v:.2f}"
+
     for s in r["steps"]:
         k, im, cf = s.get("key_recovered", {}), s.get("images", {}), s["confidence"]
-
-        def f(d: dict, name: str, pct: bool = True) -> str:
-            v = d.get(name)
-            return "-" if v is None else (f"{100 * v:.1f} %" if pct else f"{v:.2f}")
-
-        lines.append(
-            f"| {s['N']} | {s['seconds']:.1f} | {f(cf, 'K1')} | {f(cf, 'K2')} | {f(cf, 'K3')} | "
-            f"{f(k, 'K1')} | {f(k, 'K2')} | {f(k, 'K3')} | {f(im, 'exact_images')} | "
-            f"{f(im, 'psnr', False)} | {f(im, 'ssim', False)} |"
-        )
+        cells = [str(s["N"]), f"{s['seconds']:.1f}", *(f(cf, p) for p in parts)]
+        cells += [f(k, p) for p in parts]
+        cells += [f(im, "exact_images"), f(im, "psnr", False), f(im, "ssim", False)]
+        lines.append("| " + " | ".join(cells) + " |")
     lines += [
         "",
-        "conf: the attack's own confidence (no key). K1/K2/K3: share recovered, up to the image "
-        "symmetry the data cannot decide (docs/security.md defines them); needs the owner's key.",
+        f"conf: the attack's own confidence (no key). {', '.join(parts) or 'Key parts'}: share "
+        "recovered, up to the symmetries the data cannot decide (docs/security.md defines "
+        "them); needs the owner's key.",
         "",
     ]
     last = r["steps"][-1]

@@ -36,6 +36,7 @@ from .pe import PEKey, PerImagePE
 
 __all__ = [
     "ENCRYPT_ONLY_SCHEMES",
+    "PIXEL_WISE",
     "SCHEMES",
     "BlockKey",
     "ELEKey",
