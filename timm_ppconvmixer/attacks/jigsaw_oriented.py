@@ -84,11 +84,16 @@ def _neighbour_costs(costs, group, q, tq, s, pieces: np.ndarray) -> np.ndarray:
     return costs[s2][rel][:, q, pieces]
 
 
-def _candidate_edges(costs: np.ndarray) -> np.ndarray:
-    """Rows ``(ratio, cost, a, s, b, t)``, surest first."""
+def _candidate_edges(costs: np.ndarray, group: PieceGroup) -> np.ndarray:
+    """Rows ``(buddy, ratio, cost, a, s, b, t)``: ``buddy`` 0 for mutual best buddies (each is
+    the other's best match on that side, Pomeranz et al. Sec. 3), ``ratio`` the cost over the
+    best alternative with another piece (Gallagher Sec. 4; lower is surer)."""
     _, _, n, _ = costs.shape
-    rows = []
     k = min(_CANDIDATES, n - 1)
+    flat = costs.transpose(0, 2, 1, 3).reshape(4, n, -1)  # (s, a, t * n + b)
+    best_of_side = np.argmin(flat, axis=2)  # (s, a): best (t, b) next to a on side s
+    opposite = np.array([2, 3, 0, 1])
+    rows = []
     for s in range(4):
         best_t = np.argmin(costs[s], axis=0)  # (n, n): best transform of b next to a
         best = np.take_along_axis(costs[s], best_t[None], 0)[0]
@@ -100,11 +105,14 @@ def _candidate_edges(costs: np.ndarray) -> np.ndarray:
             second = values[1] if len(values) > 1 else values[0]
             alt = np.where(np.arange(len(cand)) == 0, second, values[0])
             for j in range(min(k, len(cand))):
-                b = cand[j]
+                b, t = int(cand[j]), int(best_t[a, cand[j]])
+                inv = group.inverse[t]
+                s_back = group.direction_map[group.dihedral[inv]][opposite[s]]
+                tb, bb = divmod(int(best_of_side[s_back, b]), n)
+                buddy = j == 0 and bb == a and tb == inv
                 ratio = (values[j] + scale) / (alt[j] + scale)
-                rows.append((ratio, values[j], a, s, b, best_t[a, b]))
-    e = np.array(rows)
-    return e[np.lexsort((e[:, 1], e[:, 0]))]
+                rows.append((0.0 if buddy else 1.0, ratio, values[j], a, s, b, t))
+    return np.array(rows)
 
 
 def _fits(cells, grid) -> bool:
@@ -115,13 +123,13 @@ def _fits(cells, grid) -> bool:
     return (h <= gh and w <= gw) or (h <= gw and w <= gh)
 
 
-def _assemble(costs: np.ndarray, group: PieceGroup, grid) -> list[dict]:
-    """Clusters ``{piece: (y, x, transform)}`` merged along the surest edges."""
+def _assemble(edges: np.ndarray, costs: np.ndarray, group: PieceGroup, grid) -> list[dict]:
+    """Clusters ``{piece: (y, x, transform)}`` merged along ``edges`` in their order."""
     n = costs.shape[2]
     cluster_of = list(range(n))
     clusters: dict[int, dict[int, tuple[int, int, int]]] = {i: {i: (0, 0, 0)} for i in range(n)}
     merges = 0
-    for _, _, a, s, b, t in _candidate_edges(costs):
+    for _, _, _, a, s, b, t in edges:
         a, s, b, t = int(a), int(s), int(b), int(t)
         ca, cb = cluster_of[a], cluster_of[b]
         if ca == cb:
@@ -229,6 +237,75 @@ def _reorient(lay, trans, costs, group, sweeps: int = 10):
     return trans, float(strict.mean())
 
 
+def _cell_table(lay, trans, costs, group) -> tuple[np.ndarray, np.ndarray]:
+    """``(cost, best)`` of shape (cells, n): each piece at each cell under its best transform,
+    neighbours as they are now."""
+    gh, gw = lay.shape
+    n = costs.shape[2]
+    cost = np.zeros((gh * gw, n))
+    best = np.zeros((gh * gw, n), dtype=np.int64)
+    everything = np.arange(n)
+    for y in range(gh):
+        for x in range(gw):
+            total = np.zeros((group.size, n))
+            for s in range(4):
+                ny, nx = y - DIRECTIONS[s][0], x - DIRECTIONS[s][1]
+                if 0 <= ny < gh and 0 <= nx < gw:
+                    total += _neighbour_costs(
+                        costs, group, lay[ny, nx], trans[ny, nx], s, everything
+                    )
+            best[y * gw + x] = np.argmin(total, axis=0)
+            cost[y * gw + x] = total[best[y * gw + x], everything]
+    return cost, best
+
+
+def _refine(lay, trans, costs, group, max_iter: int = 300):
+    """Swaps of two cells, each piece under its best transform at its new cell, while the
+    layout cost falls (candidates from the cell table, each checked exactly)."""
+    lay, trans = lay.copy(), trans.copy()
+    gh, gw = lay.shape
+    value = _layout_cost(lay, trans, costs, group)
+    for _ in range(max_iter):
+        flat, tflat = lay.reshape(-1), trans.reshape(-1)
+        cc, best = _cell_table(lay, trans, costs, group)
+        own = np.array(
+            [
+                _neighbour_sum(lay, trans, costs, group, c // gw, c % gw, tflat[c])
+                for c in range(flat.size)
+            ]
+        )
+        swapped = cc[:, flat]  # [c1, c2]: piece of c2 moved to c1
+        gain = swapped + swapped.T - own[:, None] - own[None, :]
+        cand = np.argwhere(np.triu(gain < -1e-9 * max(value, 1.0), 1))
+        improved = False
+        for c1, c2 in cand[np.argsort(gain[cand[:, 0], cand[:, 1]])][:30]:
+            tl, tt = flat.copy(), tflat.copy()
+            tl[c1], tl[c2] = flat[c2], flat[c1]
+            tt[c1], tt[c2] = best[c1, flat[c2]], best[c2, flat[c1]]
+            trial = _layout_cost(tl.reshape(lay.shape), tt.reshape(lay.shape), costs, group)
+            if trial < value - 1e-9 * max(value, 1.0):
+                lay, trans, value, improved = (
+                    tl.reshape(lay.shape),
+                    tt.reshape(lay.shape),
+                    trial,
+                    True,
+                )
+                break
+        if not improved:
+            break
+    return lay, trans
+
+
+def _neighbour_sum(lay, trans, costs, group, y, x, t) -> float:
+    gh, gw = lay.shape
+    total = 0.0
+    for s in range(4):
+        ny, nx = y - DIRECTIONS[s][0], x - DIRECTIONS[s][1]
+        if 0 <= ny < gh and 0 <= nx < gw:
+            total += _pair_cost(costs, group, lay[ny, nx], trans[ny, nx], lay[y, x], t, s)
+    return total
+
+
 def _grid_layout(main: dict, grid, group):
     """The main cluster turned (if needed) to fit the grid, as (cells, transforms) arrays."""
     gh, gw = grid
@@ -244,16 +321,10 @@ def _grid_layout(main: dict, grid, group):
     return main
 
 
-def solve_oriented_jigsaw(
-    pieces: np.ndarray, grid: tuple[int, int], group: PieceGroup, rounds: int = 2
-) -> OrientedSolution:
-    """Place and orient the ``n`` pieces ``(N, n, C, M, M)`` on the ``grid`` (rows, cols)."""
+def _solve_from(clusters, pieces, costs, group, grid, rounds):
+    """From assembled clusters to a full layout: fill, refine, re-solve with :mod:`.jigsaw`."""
     gh, gw = grid
     n = pieces.shape[1]
-    if n != gh * gw:
-        raise ValueError(f"{n} pieces do not fill a {gh}x{gw} grid")
-    costs = oriented_costs(pieces, group)
-    clusters = _assemble(costs, group, grid)
     main = _grid_layout(clusters[0], grid, group)
     ys = np.array([v[0] for v in main.values()])
     xs = np.array([v[1] for v in main.values()])
@@ -272,6 +343,7 @@ def solve_oriented_jigsaw(
             if best is None or cost < best[0]:
                 best = (cost, lay, trans)
     _, lay, trans = best
+    lay, trans = _refine(lay, trans, costs, group)
     trans, margin = _reorient(lay, trans, costs, group)
     transform = np.empty(n, dtype=np.int64)
     sol = None
@@ -282,6 +354,35 @@ def solve_oriented_jigsaw(
         lay[sol.place] = np.arange(n)
         lay = lay.reshape(grid)
         trans, margin = _reorient(lay, transform[lay], costs, group)
+        lay, trans = _refine(lay, trans, costs, group)
+        trans, margin = _reorient(lay, trans, costs, group)
+    return lay, trans, sol, margin, clusters
+
+
+def solve_oriented_jigsaw(
+    pieces: np.ndarray, grid: tuple[int, int], group: PieceGroup, rounds: int = 2
+) -> OrientedSolution:
+    """Place and orient the ``n`` pieces ``(N, n, C, M, M)`` on the ``grid`` (rows, cols)."""
+    gh, gw = grid
+    n = pieces.shape[1]
+    if n != gh * gw:
+        raise ValueError(f"{n} pieces do not fill a {gh}x{gw} grid")
+    costs = oriented_costs(pieces, group)
+    edges = _candidate_edges(costs, group)
+    # two orders of the same candidates (surest ratio first; mutual best buddies first): the
+    # greedy assembly is brittle with few images, so both are finished and the cheaper kept
+    runs = []
+    for keys in ((2, 1), (2, 1, 0)):
+        order = np.lexsort(tuple(edges[:, k] for k in keys))
+        runs.append(
+            _solve_from(
+                _assemble(edges[order], costs, group, grid), pieces, costs, group, grid, rounds
+            )
+        )
+    lay, trans, sol, margin, clusters = min(
+        runs, key=lambda r: _layout_cost(r[0], r[1], costs, group)
+    )
+    transform = np.empty(n, dtype=np.int64)
     transform[lay.reshape(-1)] = trans.reshape(-1)
     place = np.empty(n, dtype=np.int64)
     place[lay.reshape(-1)] = np.arange(n)
