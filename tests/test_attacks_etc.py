@@ -71,6 +71,7 @@ def test_one_image_still_gives_a_valid_key(fmnist_case):
     assert set(score_etc_key(key, result.key)) >= {"block_perm", "orientation_exact"}
 
 
+@pytest.mark.slow  # about 6 s quiet, 40 s and more on the loaded CI machine
 def test_colour_photographs_give_every_part_up_to_the_global_transform():
     data = pytest.importorskip("skimage.data")
     photos = [data.astronaut(), data.chelsea(), data.coffee()]

@@ -237,14 +237,15 @@ def _reorient(lay, trans, costs, group, sweeps: int = 10):
     return trans, float(strict.mean())
 
 
-def _cell_table(lay, trans, costs, group) -> tuple[np.ndarray, np.ndarray]:
-    """``(cost, best)`` of shape (cells, n): each piece at each cell under its best transform,
-    neighbours as they are now."""
+def _cell_table(lay, trans, costs, group) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(cost, best, own)``: ``cost``/``best`` (cells, n) each piece at each cell under its
+    best transform, neighbours as they are now; ``own`` (cells,) each cell's present cost."""
     gh, gw = lay.shape
     n = costs.shape[2]
     cost = np.zeros((gh * gw, n))
     best = np.zeros((gh * gw, n), dtype=np.int64)
     everything = np.arange(n)
+    own = np.zeros(gh * gw)
     for y in range(gh):
         for x in range(gw):
             total = np.zeros((group.size, n))
@@ -256,10 +257,11 @@ def _cell_table(lay, trans, costs, group) -> tuple[np.ndarray, np.ndarray]:
                     )
             best[y * gw + x] = np.argmin(total, axis=0)
             cost[y * gw + x] = total[best[y * gw + x], everything]
-    return cost, best
+            own[y * gw + x] = total[trans[y, x], lay[y, x]]
+    return cost, best, own
 
 
-def _refine(lay, trans, costs, group, max_iter: int = 300):
+def _refine(lay, trans, costs, group, max_iter: int = 40):
     """Swaps of two cells, each piece under its best transform at its new cell, while the
     layout cost falls (candidates from the cell table, each checked exactly)."""
     lay, trans = lay.copy(), trans.copy()
@@ -267,18 +269,12 @@ def _refine(lay, trans, costs, group, max_iter: int = 300):
     value = _layout_cost(lay, trans, costs, group)
     for _ in range(max_iter):
         flat, tflat = lay.reshape(-1), trans.reshape(-1)
-        cc, best = _cell_table(lay, trans, costs, group)
-        own = np.array(
-            [
-                _neighbour_sum(lay, trans, costs, group, c // gw, c % gw, tflat[c])
-                for c in range(flat.size)
-            ]
-        )
+        cc, best, own = _cell_table(lay, trans, costs, group)
         swapped = cc[:, flat]  # [c1, c2]: piece of c2 moved to c1
         gain = swapped + swapped.T - own[:, None] - own[None, :]
         cand = np.argwhere(np.triu(gain < -1e-9 * max(value, 1.0), 1))
         improved = False
-        for c1, c2 in cand[np.argsort(gain[cand[:, 0], cand[:, 1]])][:30]:
+        for c1, c2 in cand[np.argsort(gain[cand[:, 0], cand[:, 1]])][:10]:
             tl, tt = flat.copy(), tflat.copy()
             tl[c1], tl[c2] = flat[c2], flat[c1]
             tt[c1], tt[c2] = best[c1, flat[c2]], best[c2, flat[c1]]
@@ -294,16 +290,6 @@ def _refine(lay, trans, costs, group, max_iter: int = 300):
         if not improved:
             break
     return lay, trans
-
-
-def _neighbour_sum(lay, trans, costs, group, y, x, t) -> float:
-    gh, gw = lay.shape
-    total = 0.0
-    for s in range(4):
-        ny, nx = y - DIRECTIONS[s][0], x - DIRECTIONS[s][1]
-        if 0 <= ny < gh and 0 <= nx < gw:
-            total += _pair_cost(costs, group, lay[ny, nx], trans[ny, nx], lay[y, x], t, s)
-    return total
 
 
 def _grid_layout(main: dict, grid, group):
