@@ -317,8 +317,12 @@ def _solve_from(clusters, pieces, costs, group, grid, rounds):
     h, w = ys.max() - ys.min() + 1, xs.max() - xs.min() + 1
     rest = [p for c in clusters[1:] for p in c]
     best = None
-    for oy in range(gh - h + 1):
-        for ox in range(gw - w + 1):
+    # each offset costs a whole fill: with a small main cluster (few images) try the corners
+    # and the centre of the offset range only
+    oys = sorted({0, (gh - h) // 2, gh - h})
+    oxs = sorted({0, (gw - w) // 2, gw - w})
+    for oy in oys:
+        for ox in oxs:
             lay = np.full(grid, -1, dtype=np.int64)
             trans = np.zeros(grid, dtype=np.int64)
             for p, (y, x, t) in main.items():
