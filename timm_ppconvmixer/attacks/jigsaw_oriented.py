@@ -81,7 +81,7 @@ def _neighbour_costs(costs, group, q, tq, s, pieces: np.ndarray) -> np.ndarray:
     inv = group.inverse[tq]
     s2 = group.direction_map[group.dihedral[inv]][s]
     rel = group.compose_table[inv]  # absolute t -> relative transform
-    return costs[s2][rel][:, q, pieces]
+    return costs[s2, rel[:, None], q, np.asarray(pieces)[None, :]]  # no (|G|, n, n) copy
 
 
 def _candidate_edges(costs: np.ndarray, group: PieceGroup) -> np.ndarray:
