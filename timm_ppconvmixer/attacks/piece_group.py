@@ -18,7 +18,7 @@ orientation", CVPR 2012, Sec. 3, extended here to reflections, inversion and cha
 
 Example:
     >>> g = PieceGroup(3)
-    >>> g.size, g.compose(g.inverse[5], 5) == g.identity
+    >>> g.size, bool(g.compose(g.inverse[5], 5) == g.identity)
     (96, True)
 """
 
