@@ -23,6 +23,7 @@ Example:
 
 from .ciphertext_only import recover_key
 from .ele_attack import recover_ele_key, score_ele_key
+from .etc_attack import recover_etc_key, score_etc_key
 from .known_plaintext import known_plaintext_attack
 from .le_attack import recover_le_key, score_le_key
 from .model_leak import block_order_from_p, key_from_converted_model, shuffle_from_stem
@@ -41,12 +42,14 @@ __all__ = [
     "key_from_converted_model",
     "known_plaintext_attack",
     "recover_ele_key",
+    "recover_etc_key",
     "recover_key",
     "recover_pe_key",
     "recover_pe_per_image",
     "recover_le_key",
     "run_attack",
     "score_ele_key",
+    "score_etc_key",
     "score_images",
     "score_key",
     "score_pe_key",

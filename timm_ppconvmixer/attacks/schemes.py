@@ -33,6 +33,7 @@ import numpy as np
 from ..cipher import decrypt
 from .ciphertext_only import recover_key
 from .ele_attack import recover_ele_key, score_ele_key
+from .etc_attack import recover_etc_key, score_etc_key
 from .le_attack import recover_le_key, score_le_key
 from .pe_attack import recover_pe_key, recover_pe_per_image, score_pe_key
 from .result import AttackInputError, AttackResult
@@ -89,6 +90,14 @@ SCHEME_ATTACKS: dict[str, SchemeAttack] = {
         ("block_perm", "nibble_perm", "nibble_mask"),
         "each position's LE key from statistics pooled over the N images, then the block order, "
         "orientation and inversion by an oriented jigsaw solver pooled over the N images",
+    ),
+    "etc": SchemeAttack(
+        "etc",
+        recover_etc_key,
+        score_etc_key,
+        ("block_perm", "orientation", "inversion", "channel_order"),
+        "extended jigsaw solver over pieces of unknown orientation, inversion and channel "
+        "order, edge costs pooled over the images; a prior for the global transform",
     ),
 }
 
