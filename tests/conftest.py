@@ -39,20 +39,30 @@ def _windows(seq: np.ndarray, width: int = 16) -> Iterator[np.ndarray]:
 
 
 def key_encodings(key) -> dict[str, set[bytes]]:
-    """The key's permutations (and inverses) as text with common separators and as
-    little-endian integers and floats; the mask as a 0/1 string; the key file. Search text with
-    :func:`holds_key_material`, which also looks with all whitespace removed (indented JSON)."""
+    """Every secret field of a key of any scheme (``key.secret_items()``): 0/1 masks as 0/1
+    strings and bytes, other fields (permutations and their inverses, rotation or channel codes)
+    as text with common separators and as little-endian integers and floats; and the key file.
+    Search text with :func:`holds_key_material`, which also looks with all whitespace removed
+    (indented JSON)."""
     found: dict[str, set[bytes]] = {"key file": {key.to_json().encode()}}
-    bits = key.np_mask.numpy().astype(np.uint8)
-    mask = "".join(map(str, bits.tolist()))
-    # as a 0/1 string from 16 bits (a 28/4 grey key has 16); as bytes only where long enough
-    # not to occur by chance in binary files (one byte per bit from 32, packed from 64)
-    found["np_mask"] = {mask.encode(), ",".join(mask).encode()} if len(bits) >= 16 else set()
-    found["np_mask"] |= {bits.tobytes()} if len(bits) >= 32 else set()
-    found["np_mask"] |= {np.packbits(bits).tobytes()} if len(bits) >= 64 else set()
-    for name, perm in (("block_perm", key.block_perm), ("pixel_perm", key.pixel_perm)):
-        perm = perm.numpy().astype(np.int64)
-        for label, seq in ((name, perm), (f"{name} inverse", np.argsort(perm))):
+    for field, values in key.secret_items():
+        v = np.asarray(values).astype(np.int64)
+        if v.max() <= 1:
+            bits = v.reshape(-1).astype(np.uint8)
+            mask = "".join(map(str, bits.tolist()))
+            # as a 0/1 string from 16 bits (a 28/4 grey key has 16); as bytes only where long
+            # enough not to occur by chance in binary files (a byte per bit from 32, packed
+            # from 64)
+            forms = {mask.encode(), ",".join(mask).encode()} if len(bits) >= 16 else set()
+            forms |= {bits.tobytes()} if len(bits) >= 32 else set()
+            forms |= {np.packbits(bits).tobytes()} if len(bits) >= 64 else set()
+            found[field.name] = forms
+            continue
+        rows = v.reshape(-1, v.shape[-1])
+        seqs = [(field.name, v.reshape(-1))]
+        if all(np.array_equal(np.sort(r), np.arange(len(r))) for r in rows):  # permutations
+            seqs.append((f"{field.name} inverse", np.argsort(rows, axis=1).reshape(-1)))
+        for label, seq in seqs:
             forms = found.setdefault(label, set())
             for w in _windows(seq):
                 for sep in (", ", ",", " ", ";", "\n", "\n- ", "-"):  # "-": YAML lists, stripped

@@ -61,20 +61,6 @@ SCHEME_ATTACKS: dict[str, SchemeAttack] = {
         ("K1", "K2", "K3"),
         "K3 from correlation signs, K2 from correlation geometry, K1 by the pooled jigsaw solver",
     ),
-    "pe": SchemeAttack(
-        "pe",
-        recover_pe_key,
-        score_pe_key,
-        ("channel_perm", "np_mask"),
-        "per-pixel channel order and inversion by synchronising neighbours over the N images",
-    ),
-    "pe-per-image": SchemeAttack(
-        "pe-per-image",
-        recover_pe_per_image,
-        None,
-        (),
-        "one image at a time: channel order from folded neighbours, bright sides by a min cut",
-    ),
     "le": SchemeAttack(
         "le",
         recover_le_key,
@@ -98,6 +84,20 @@ SCHEME_ATTACKS: dict[str, SchemeAttack] = {
         ("block_perm", "orientation", "inversion", "channel_order"),
         "extended jigsaw solver over pieces of unknown orientation, inversion and channel "
         "order, edge costs pooled over the images; a prior for the global transform",
+    ),
+    "pe": SchemeAttack(
+        "pe",
+        recover_pe_key,
+        score_pe_key,
+        ("channel_perm", "np_mask"),
+        "per-pixel channel order and inversion by synchronising neighbours over the N images",
+    ),
+    "pe-per-image": SchemeAttack(
+        "pe-per-image",
+        recover_pe_per_image,
+        None,
+        (),
+        "one image at a time: channel order from folded neighbours, bright sides by a min cut",
     ),
 }
 
