@@ -251,3 +251,45 @@ def test_an_owner_key_of_another_scheme_is_refused(tmp_path, fmnist):
     le = generate_key("le", image_size=28, block_size=4, channels=1, seed=0)
     with pytest.raises(AttackInputError, match="the key is a le key, the data record the blockw"):
         run_attack(enc, tmp_path / "out", key=le, progress=False)
+
+
+@pytest.mark.parametrize("scheme", ["le", "ele", "etc", "pe", "pe-per-image"])
+def test_run_attack_attacks_every_scheme_from_its_record(tmp_path, fmnist, scheme):
+    """An encrypted folder of any scheme: the attack is the one ENCRYPTION.json names, scored
+    with the scheme's own key parts; a recovered key is a key of that scheme; pe-per-image has
+    no key to recover or to score with, only reconstructions scored against plain images."""
+    from timm_ppconvmixer.folders import encrypt_folder
+    from timm_ppconvmixer.schemes import generate_key, load_key, per_image_encryption
+
+    x, labels, _ = fmnist
+    plain, enc = tmp_path / "plain", tmp_path / "enc"
+    _write_folder(plain, x[:60], labels[:60])
+    per_image = scheme == "pe-per-image"
+    if per_image:
+        key = per_image_encryption(28, 1)
+    else:
+        key = generate_key(scheme, image_size=28, block_size=1 if scheme == "pe" else 4,
+                           channels=1, seed=7)  # fmt: skip
+    encrypt_folder(plain, enc, key, workers=1, progress=False)
+    out = tmp_path / "report"
+    if per_image:
+        with pytest.raises(AttackInputError, match="score the attack with --plain"):
+            run_attack(enc, out, key=generate_key("pe", image_size=28, channels=1, seed=0))
+        result = run_attack(enc, out, plain=plain, progress=False)
+    else:
+        result = run_attack(enc, out, key=key, progress=False, reference="fashion-mnist")
+    assert result["scheme"] == scheme
+    steps = result["steps"]
+    assert [s["N"] for s in steps] == ([60] if per_image else [1, 10, 60])
+    assert all(s["scheme"] == scheme for s in steps)
+    assert 0.0 <= steps[-1]["images"]["ssim"] <= 1.0 and "classifier" in result
+    report = (out / "report.md").read_text()
+    assert f"encrypted with the {scheme} scheme" in report
+    if per_image:
+        assert result["recovered_key_file"] is None and not (out / "recovered.key").exists()
+        return
+    parts = steps[-1]["key_recovered"]
+    assert set(result["key_parts"]) <= set(parts) and result["key_parts"][0] in report
+    assert load_key(out / "recovered.key").scheme == scheme
+    for name in ("report.md", "result.json"):
+        assert holds_key_material((out / name).read_bytes(), key) == [], name
