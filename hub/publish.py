@@ -42,7 +42,7 @@ from timm_ppconvmixer.hub import (
     scan_for_key_material,
     upload_model_folder,
 )
-from timm_ppconvmixer.key import BlockKey
+from timm_ppconvmixer.schemes import SchemeKey, load_key
 from timm_ppconvmixer.zoo import KEY_BOUND_TAGS
 
 DEFAULT_MANIFEST = Path(__file__).with_name("zoo.yaml")
@@ -62,6 +62,9 @@ ENTRY_FIELDS = {
     "kind",
     "converts",
     "published_accuracy",
+    "plain_images",
+    "notes",
+    "reproduce",
 }
 REQUIRED_FIELDS = ("name", "repo_id", "weights")
 KEY_BOUND = "key-bound"
@@ -96,6 +99,9 @@ class Entry:
     kind: str = "weights"
     converts: str | None = None
     published_accuracy: dict | None = None
+    plain_images: bool = False  # a plain baseline: no key, none recorded in the weights
+    notes: str | None = None  # markdown shown under the card's title (the zoo's key warning)
+    reproduce: str | None = None  # the command that writes the weights folder
 
     @property
     def key_bound(self) -> bool:
@@ -134,6 +140,9 @@ class Entry:
             private=bool(data.get("private", False)),
             revision=data.get("revision"),
             allow_key_derived_weights=bool(data.get("allow_key_derived_weights", False)),
+            plain_images=_plain_images(data, where),
+            notes=None if data.get("notes") is None else str(data["notes"]),
+            reproduce=None if data.get("reproduce") is None else str(data["reproduce"]),
         )
 
     @classmethod
@@ -160,6 +169,13 @@ class Entry:
             converts=str(data["converts"]),
             published_accuracy=data.get("published_accuracy"),
         )
+
+
+def _plain_images(data: Mapping[str, Any], where: str) -> bool:
+    plain = bool(data.get("plain_images", False))
+    if plain and (data.get("key_file") or data.get("key_fingerprint")):
+        raise ManifestError(f"{where}: plain_images: true takes no key_file or key_fingerprint")
+    return plain
 
 
 def _path(root: Path, value: Any) -> Path | None:
@@ -202,7 +218,7 @@ class Prepared:
 
     entry: Entry
     folder: Path
-    key: BlockKey | None
+    key: SchemeKey | None
     guard: str
     warnings: list[str] = field(default_factory=list)
 
@@ -218,7 +234,7 @@ def _load_metrics(entry: Entry) -> dict | None:
         raise NotReadyError(f"metrics file {entry.metrics} is not JSON ({e})") from None
 
 
-def _load_key(entry: Entry) -> BlockKey | None:
+def _load_key(entry: Entry) -> SchemeKey | None:
     if entry.key_file is None:
         return None
     if not entry.key_file.is_file():
@@ -226,12 +242,12 @@ def _load_key(entry: Entry) -> BlockKey | None:
             f"key_file {entry.key_file} does not exist; the leak guard needs the owner's key "
             "(or set key_file: null to run only its key-independent checks)"
         )
-    return BlockKey.load(entry.key_file)
+    return load_key(entry.key_file)  # any scheme's key file
 
 
 def _check_complete(entry: Entry, recorded: str | None) -> None:
     """What an entry needs before it may be pushed, beyond what a dry run needs."""
-    if entry.key_fingerprint is None:
+    if entry.key_fingerprint is None and not entry.plain_images:
         raise NotReadyError(
             f"key_fingerprint is not set; the weights record {recorded}: copy it into the "
             "manifest (it pins the weights to their key)"
@@ -250,12 +266,16 @@ def prepare(entry: Entry, out_dir: Path, for_push: bool) -> Prepared:
     if not entry.weights.is_dir():
         raise NotReadyError(
             f"weights folder {entry.weights} does not exist yet: train the model "
-            f"({entry.recipe or 'see the recipe'}) and save its model folder (model.safetensors "
-            "+ config.json, e.g. timm_ppconvmixer.hub.save_model_folder) there"
+            f"({entry.reproduce or entry.recipe or 'see the recipe'}) and save its model folder "
+            "(model.safetensors + config.json, e.g. timm_ppconvmixer.hub.save_model_folder) there"
         )
     try:
         model = load_model(entry.weights)
         recorded = getattr(model, "key_fingerprint", None)
+        if entry.plain_images and recorded is not None:
+            raise NotReadyError(
+                f"the manifest says plain_images, but the weights are for key {recorded}"
+            )
         if entry.key_fingerprint is not None and recorded != entry.key_fingerprint:
             raise NotReadyError(
                 f"the weights are for key {recorded} but the manifest says "
@@ -276,6 +296,8 @@ def prepare(entry: Entry, out_dir: Path, for_push: bool) -> Prepared:
             repo_id=entry.repo_id,
             model_name=entry.name,
             allow_key_derived_weights=entry.allow_key_derived_weights,
+            plain_images=entry.plain_images,
+            notes=entry.notes,
             overwrite=True,  # out_dir is a scratch folder for this run
         )
     except HubError as e:  # includes the leak guard's refusal, which names the file
@@ -283,7 +305,7 @@ def prepare(entry: Entry, out_dir: Path, for_push: bool) -> Prepared:
     return Prepared(entry, folder, key, _guard_summary(folder, key), _warnings(entry, key))
 
 
-def _guard_summary(folder: Path, key: BlockKey | None) -> str:
+def _guard_summary(folder: Path, key: SchemeKey | None) -> str:
     allowed = scan_for_key_material(folder, key)  # export refused everything else already
     scanned = len(folder_listing(folder))
     if key is None:
@@ -295,11 +317,13 @@ def _guard_summary(folder: Path, key: BlockKey | None) -> str:
     return text
 
 
-def _warnings(entry: Entry, key: BlockKey | None) -> list[str]:
+def _warnings(entry: Entry, key: SchemeKey | None) -> list[str]:
     notes = []
-    if key is None:
+    if entry.plain_images:
+        notes.append("plain images: no key to scan for (a plain baseline)")
+    elif key is None:
         notes.append("no key_file: the leak guard could not look for this key's secrets")
-    if entry.key_fingerprint is None:
+    if entry.key_fingerprint is None and not entry.plain_images:
         notes.append("key_fingerprint not set in the manifest (needed for --push)")
     if not entry.metrics:
         notes.append("no metrics: the card will state no accuracy (needed for --push)")

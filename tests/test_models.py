@@ -28,6 +28,7 @@ CONFIGS = {  # name: (h, depth, kernel, patch, default input)
     "ppconvmixer_1536_20": (1536, 20, 9, 7, 224),
     "ppconvmixer_256_8": (256, 8, 5, 4, 32),
     "ppconvmixer_256_8_fmnist": (256, 8, 5, 4, 28),
+    "ppconvmixer_128_8_fmnist": (128, 8, 5, 4, 28),  # the Table I reproduction's (its zoo tags)
 }
 
 

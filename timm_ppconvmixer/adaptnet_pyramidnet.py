@@ -60,6 +60,8 @@ class AdaptNetPyramidNet(ShakePyramidNet):
             U's options (ELE only), named as P's in ``PPConvMixer``.
         depth, alpha, in_chans, num_classes, global_pool, drop_rate, p_drop_last, base_chs: as
             ``ShakePyramidNet`` (``in_chans`` is the images'; the PyramidNet gets ``map_chans``).
+        key_fingerprint: the public fingerprint of the key the weights were trained under
+            (recorded by training and saved in ``config.json``); never the key.
 
     Example:
         >>> import timm, timm_ppconvmixer
@@ -93,6 +95,7 @@ class AdaptNetPyramidNet(ShakePyramidNet):
         permutation_weight_decay: bool = False,
         tv_weight: float | None = None,
         tv_channels: int = 3,
+        key_fingerprint: str | None = None,
         device=None,
         dtype=None,
     ) -> None:
@@ -111,6 +114,9 @@ class AdaptNetPyramidNet(ShakePyramidNet):
             dtype=dtype,
         )
         self.in_chans = in_chans
+        # the public fingerprint of the key whose images the weights classify (saved in
+        # config.json by timm_ppconvmixer.hub, as PPConvMixer's); never the key
+        self.key_fingerprint = key_fingerprint
         common = dict(
             img_size=img_size,
             block_size=block_size,

@@ -15,7 +15,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 
 from .permutation import AdaptivePermutation
 from .pp_convmixer import PPConvMixer
-from .pretrained import DEMO_WEIGHTS
+from .pretrained import DEMO_WEIGHTS, SHIPPED_ZOO
 
 __all__ = ["KeyBoundError", "PPConvMixer", "convmixer_num_params", "ppconvmixer_num_params"]
 
@@ -126,7 +126,34 @@ def _cfg(input_size=(3, 224, 224), **kwargs) -> dict:
 
 
 # Weights that ship inside the package (loaded offline through the cfg's ``file``).
-_SHIPPED_WEIGHTS = {"ppconvmixer_256_8_fmnist.demo": DEMO_WEIGHTS}
+_SHIPPED_WEIGHTS = {"ppconvmixer_256_8_fmnist.demo": DEMO_WEIGHTS, **SHIPPED_ZOO}
+
+# The Table I zoo (benchmarks/reproduce_table1.py --zoo DIR --ship): tag -> the architecture
+# options its weights were trained with beyond the name's defaults (timm's cfgs carry no model
+# arguments, so the entry point adds them), and what the tag's images are.
+_ZOO_TAGS = {  # the P tag first: timm makes an architecture's first tag its default
+    "zoo_blockwise_p": ({}, "blockwise-encrypted with the PUBLIC zoo key, with P"),
+    "zoo_blockwise_no_p": (
+        {"permutation": False},
+        "blockwise-encrypted with the PUBLIC zoo key, without P",
+    ),
+    "zoo_pe": ({"permutation": False}, "PE-encrypted with the PUBLIC zoo key, without P"),
+    "zoo_plain": ({"permutation": False}, "plain images, without P"),
+}
+
+
+def _zoo_cfg(tag: str) -> dict:
+    return _cfg(
+        file=str(SHIPPED_ZOO[f"ppconvmixer_128_8_fmnist.{tag}"] / "model.safetensors"),
+        input_size=(1, 28, 28),
+        pool_size=(7, 7),
+        num_classes=10,
+        mean=(0.5,),
+        std=(0.5,),
+        description=f"Table I zoo (Fashion-MNIST): {_ZOO_TAGS[tag][1]}; never use the zoo "
+        "keys for real data",
+    )
+
 
 default_cfgs = generate_default_cfgs(
     {
@@ -145,6 +172,7 @@ default_cfgs = generate_default_cfgs(
             std=(0.5,),
             description="Fashion-MNIST demo model; images encrypted with the public demo key",
         ),
+        **{f"ppconvmixer_128_8_fmnist.{tag}": _zoo_cfg(tag) for tag in _ZOO_TAGS},
     }
 )
 
@@ -176,3 +204,15 @@ def ppconvmixer_256_8_fmnist(pretrained: bool = False, **kwargs) -> PPConvMixer:
     classes; the ``.demo`` tag holds the shipped demo weights."""
     args = _args(dict(dim=256, depth=8, kernel_size=5, patch_size=4), kwargs)
     return _create_ppconvmixer("ppconvmixer_256_8_fmnist", pretrained, **args)
+
+
+@register_model
+def ppconvmixer_128_8_fmnist(pretrained: bool = False, **kwargs) -> PPConvMixer:
+    """The Table I reproduction's ConvMixer (benchmarks/reproduce_table1.py): h=128, depth 8,
+    kernel 5, block/patch 4, Fashion-MNIST 28x28x1, 10 classes. The ``.zoo_*`` tags hold its
+    shipped weights (``_ZOO_TAGS``: with P on blockwise images under the PUBLIC zoo key,
+    without P on blockwise, PE and plain images)."""
+    tag = kwargs.get("pretrained_cfg")
+    tag_args = _ZOO_TAGS[tag][0] if isinstance(tag, str) and tag in _ZOO_TAGS else {}
+    defaults = dict(dim=128, depth=8, kernel_size=5, patch_size=4, num_classes=10, **tag_args)
+    return _create_ppconvmixer("ppconvmixer_128_8_fmnist", pretrained, **_args(defaults, kwargs))

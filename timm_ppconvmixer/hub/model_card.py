@@ -18,6 +18,7 @@ from torch import nn
 from ..key import SCHEME, BlockKey
 from ..models import PPConvMixer
 from ..permutation import AdaptivePermutation, HardPermutation
+from ..pyramidnet import ShakePyramidNet
 from .errors import HubError
 from .file_scan import permutation_of_matrix
 
@@ -110,10 +111,10 @@ def dataset_reference(dataset: str | Mapping[str, Any] | None) -> dict | None:
     }
 
 
-def _key_facts(model: PPConvMixer, key: BlockKey | None) -> dict:
-    """The only key facts a card may carry: scheme, version, fingerprint. With ``key``, check
-    that it is the key the model was made for."""
-    recorded = model.key_fingerprint
+def _key_facts(model: nn.Module, key: BlockKey | None) -> dict:
+    """The only key facts a card may carry: scheme, version, fingerprint. With ``key`` (of any
+    scheme), check that it is the key the model was made for."""
+    recorded = getattr(model, "key_fingerprint", None)
     if key is None:
         version = re.match(r"ppcm(\d+)-", recorded or "")
         return {
@@ -136,7 +137,9 @@ def _key_facts(model: PPConvMixer, key: BlockKey | None) -> dict:
     return {k: facts[k] for k in ("scheme", "scheme_version", "fingerprint")}
 
 
-def _architecture(model: PPConvMixer) -> dict:
+def _architecture(model: nn.Module) -> dict:
+    if not isinstance(model, PPConvMixer):
+        return _pyramidnet_architecture(model)
     perm = model.permutation
     n = model.grid_size[0] * model.grid_size[1]
     return {
@@ -155,6 +158,27 @@ def _architecture(model: PPConvMixer) -> dict:
         "p_params": perm.weight.numel() if isinstance(perm, AdaptivePermutation) else 0,
         "has_p": perm is not None,
         "exact_p": _is_exact_permutation(perm),
+        "family": "convmixer",
+    }
+
+
+def _pyramidnet_architecture(model: ShakePyramidNet) -> dict:
+    """The facts of a ShakeDrop PyramidNet, with the AdaptNet in front where there is one (the
+    Table I baselines: timm_ppconvmixer.pyramidnet, .adaptnet_pyramidnet)."""
+    adapt = getattr(model, "adapt", None)
+    size = tuple(model.pretrained_cfg.get("input_size", (model.in_chans, 0, 0))[1:])
+    u = model.permutation if adapt is not None else None
+    return {
+        "architecture": model.pretrained_cfg.get("architecture", type(model).__name__),
+        "adaptnet": None if adapt is None else type(adapt).__name__,
+        "patch_size": None if adapt is None else adapt.block_size,
+        "in_chans": model.in_chans,
+        "num_classes": model.num_classes,
+        "img_size": tuple(getattr(model, "img_size", size) or size),
+        "params": sum(p.numel() for p in model.parameters()),
+        "p_params": u.weight.numel() if isinstance(u, AdaptivePermutation) else 0,
+        "exact_p": _is_exact_permutation(u),
+        "family": "pyramidnet",
     }
 
 
@@ -225,12 +249,18 @@ def results_section(metrics: dict, dataset: dict | None) -> str:
             "no accuracy.\n"
         )
     rows = "\n".join(f"| {METRIC_LABELS[k]} | {100 * v:.2f} % |" for k, v in metrics.items())
+    encrypted = {"top1_key", "top1_encrypted", "top1_wrong_key"} & set(metrics)
+    closing = (
+        "Images encrypted with a different key, or not encrypted, are expected to be classified "
+        "poorly: the model only works in its key's encrypted domain.\n"
+        if encrypted
+        else ""
+    )
     return (
         f"## Results\n\nTop-1 accuracy on the `{dataset['split']}` split of "
         f"[{dataset['name']}](https://huggingface.co/datasets/{dataset['id']}), as measured and "
         f"reported by the publisher:\n\n| evaluated on | top-1 |\n| --- | --- |\n{rows}\n\n"
-        "Images encrypted with a different key, or not encrypted, are expected to be classified "
-        "poorly: the model only works in its key's encrypted domain.\n"
+        + closing
     )
 
 
@@ -267,7 +297,13 @@ _CITATIONS = """\
 """
 
 
+def _is_blockwise(key: dict) -> bool:
+    return key["scheme"] == SCHEME
+
+
 def _usage_section(hub_id: str, key: dict, arch: dict) -> str:
+    if arch["plain_images"] or arch["family"] != "convmixer" or not _is_blockwise(key):
+        return _generic_usage_section(hub_id, key, arch)
     h, w = arch["img_size"]
     check = (
         f'assert key.fingerprint == "{key["fingerprint"]}", "not the key this model needs"\n'
@@ -302,7 +338,53 @@ num_classes=N)` keeps every weight but the classifier. The input size is part of
 """
 
 
+def _generic_usage_section(hub_id: str, key: dict, arch: dict) -> str:
+    """Usage for any scheme's key (``load_key``), or for plain images (no key)."""
+    h, w = arch["img_size"]
+    load = f'model = timm.create_model("hf-hub:{hub_id}", pretrained=True).eval()\n'
+    if arch["plain_images"]:
+        return f"""## Usage
+
+The model classifies **plain** (unencrypted) images: no key.
+
+```python
+import timm
+import timm_ppconvmixer  # registers the architectures with timm
+{load}cfg = timm.data.resolve_data_config(model=model)
+transform = timm.data.create_transform(**cfg)  # {h}x{w}, {arch["in_chans"]} channel(s)
+```
+"""
+    check = (
+        f'assert key.fingerprint == "{key["fingerprint"]}", "not the key this model needs"\n'
+        if key["fingerprint"]
+        else ""
+    )
+    return f"""## Usage
+
+The model only works on images encrypted with its key (scheme `{key["scheme"]}`, fingerprint
+below).
+
+```python
+import timm
+import timm_ppconvmixer  # registers the architectures with timm
+from timm_ppconvmixer.schemes import load_key
+from timm_ppconvmixer.transforms import create_transform
+
+key = load_key("owner.key")
+{check}{load}cfg = timm.data.resolve_data_config(model=model)
+transform = create_transform(key, mean=cfg["mean"], std=cfg["std"])  # {h}x{w}, then encrypt
+```
+"""
+
+
 def _security_section(key: dict, arch: dict) -> str:
+    if arch["plain_images"]:
+        return (
+            "## Security\n\nThis model classifies plain images: nothing is encrypted, and it "
+            "protects nothing. It is the plain baseline of an encrypted-domain comparison.\n"
+        )
+    if key["fingerprint"] and not _is_blockwise(key):
+        return _other_scheme_security_section(key)
     fingerprint = f"`{key['fingerprint']}`" if key["fingerprint"] else "see above"
     warning = ""
     if arch["exact_p"]:
@@ -335,9 +417,29 @@ The timm-ppconvmixer project attacks its own encryption (its `docs/security.md` 
 """
 
 
+def _other_scheme_security_section(key: dict) -> str:
+    return f"""## Security
+
+The `{key["scheme"]}` scheme is a perceptual encryption, not a standard cipher: treat it as an
+obfuscation, and share encrypted data and these weights only with parties you could give the
+plain data. The timm-ppconvmixer project attacks its schemes (`ppconvmixer attack`,
+`timm_ppconvmixer/attacks/`; the block-wise scheme's measured results are in its
+`docs/security.md`). The key **fingerprint** (`{key["fingerprint"]}`) is safe to publish; the key
+file itself never travels with the model (a leak guard checks every file before upload).
+"""
+
+
 def _limitations_section(arch: dict) -> str:
     h, w = arch["img_size"]
     m = arch["patch_size"]
+    if arch["family"] != "convmixer" or m is None or arch["plain_images"]:
+        return f"""## Limitations
+
+* Inputs must be {h}x{w} with {arch["in_chans"]} channel(s), prepared as the model was trained
+  (encrypted with the matching key, or plain for a plain model).
+* Encrypted images must be stored losslessly (PNG): JPEG mixes neighbouring pixels and breaks
+  the encryption's structure.
+"""
     return f"""## Limitations
 
 * Inputs must be {h}x{w} with {arch["in_chans"]} channel(s), encrypted with the matching key.
@@ -359,33 +461,43 @@ def model_card(
     license: str = "apache-2.0",
     repo_id: str | None = None,
     model_name: str | None = None,
+    notes: str | None = None,
+    plain_images: bool = False,
 ) -> str:
     """The model card (``README.md``) of ``model``: YAML metadata for the Hub, then
     architecture, key fingerprint, the caller's measurements, usage, recipe, privacy note,
     limitations and citations. It never states a number the caller did not measure, and the
-    only fact about the key is its fingerprint and scheme version.
+    only fact about the key is its fingerprint and scheme version. ``notes`` (markdown) is
+    shown first, under the title (the zoo's "PUBLIC key" warning). ``plain_images``: the
+    model classifies unencrypted images (a plain baseline; no key, none recorded). Models:
+    PPConvMixer, and the ShakeDrop PyramidNets with or without AdaptNet (Table I's baselines).
 
     Example:
         >>> card = model_card(model, key=key, metrics={"top1_key": 0.91},
         ...                   dataset="zalando-datasets/fashion_mnist")  # doctest: +SKIP
     """
-    if not isinstance(model, PPConvMixer):
+    if not isinstance(model, (PPConvMixer, ShakePyramidNet)):
         raise HubError(
-            f"model cards are written for PPConvMixer models, got {type(model).__name__}; for "
-            "other timm models use timm.models.push_to_hf_hub"
+            f"model cards are written for PPConvMixer and (AdaptNet) PyramidNet models, got "
+            f"{type(model).__name__}; for other timm models use timm.models.push_to_hf_hub"
         )
     facts = _key_facts(model, key)
+    if plain_images and (key is not None or facts["fingerprint"]):
+        raise HubError(
+            f"plain_images=True is for models of plain images, but this one is for key "
+            f"{facts['fingerprint']}"
+        )
     values = normalize_metrics(metrics, facts["fingerprint"])
     data = dataset_reference(dataset)
     if values and data is None:
         raise HubError("metrics need the dataset they were measured on: pass dataset=<Hub id>")
-    arch = _architecture(model)
+    arch = {**_architecture(model), "plain_images": plain_images}
     name = model_name or (repo_id.split("/")[-1] if repo_id else arch["architecture"])
     hub_id = repo_id or f"<namespace>/{name}"
     return "\n".join(
         [
             _yaml_front_matter(name, license, values, data),
-            _overview_section(name, arch, facts),
+            _overview_section(name, arch, facts, notes),
             results_section(values, data),
             _usage_section(hub_id, facts, arch),
             _recipe_section(recipe),
@@ -396,14 +508,22 @@ def model_card(
     )
 
 
-def _overview_section(name: str, arch: dict, key: dict) -> str:
+def _notes(notes: str | None) -> str:
+    return "" if not notes else f"\n{notes.strip()}\n"
+
+
+def _overview_section(name: str, arch: dict, key: dict, notes: str | None = None) -> str:
+    if arch["family"] != "convmixer":
+        return _pyramidnet_overview(name, arch, key, notes)
     h, w = arch["img_size"]
     gh, gw = arch["grid_size"]
     if arch["p_params"]:
         p_line = f"{arch['p_params']:,} of them in P ({arch['num_blocks']} x {arch['num_blocks']})"
     else:
         p_line = "P is a fixed token permutation" if arch["has_p"] else "no P (ablation)"
-    if key["fingerprint"]:
+    if arch["plain_images"]:
+        scheme = fingerprint = "none: this model classifies plain (unencrypted) images"
+    elif key["fingerprint"]:
         scheme = f"`{key['scheme']}`, version {key['scheme_version']}"
         fingerprint = f"`{key['fingerprint']}`"
     else:
@@ -424,14 +544,54 @@ def _overview_section(name: str, arch: dict, key: dict) -> str:
         ("key fingerprint", fingerprint),
     ]
     table = "\n".join(f"| {k} | {v} |" for k, v in rows)
+    if arch["plain_images"]:
+        domain = "**plain images** (the plain baseline of a privacy-preserving comparison)"
+    elif key["fingerprint"] and not _is_blockwise(key):
+        domain = f"**images encrypted with the `{key['scheme']}` scheme** (privacy-preserving)"
+    else:
+        domain = "**block-wise encrypted images** (privacy-preserving image\nclassification)"
     return f"""# {name}
+{_notes(notes)}
+An image classifier for {domain}: a ConvMixer with an adaptive permutation matrix
+P, after Qi, MaungMaung and Kiya, "Privacy-Preserving Image Classification Using ConvMixer with
+Adaptive Permutation Matrix" (2022, arXiv:2208.02556), built on timm's ConvMixer (Trockman and
+Kolter, "Patches Are All You Need?"). It is used through
+[timm](https://github.com/huggingface/pytorch-image-models) with the `timm_ppconvmixer` plugin.
 
-An image classifier for **block-wise encrypted images** (privacy-preserving image
-classification): a ConvMixer with an adaptive permutation matrix P, after Qi, MaungMaung and
-Kiya, "Privacy-Preserving Image Classification Using ConvMixer with Adaptive Permutation
-Matrix" (2022, arXiv:2208.02556), built on timm's ConvMixer (Trockman and Kolter, "Patches Are
-All You Need?"). It is used through [timm](https://github.com/huggingface/pytorch-image-models)
-with the `timm_ppconvmixer` plugin.
+## Model details
+
+| | |
+| --- | --- |
+{table}
+"""
+
+
+def _pyramidnet_overview(name: str, arch: dict, key: dict, notes: str | None) -> str:
+    h, w = arch["img_size"]
+    if arch["adaptnet"]:
+        what = (
+            f"a ShakeDrop PyramidNet with an adaptation network in front (`{arch['adaptnet']}`, "
+            f"one per {arch['patch_size']}x{arch['patch_size']} block position), the "
+            "baseline of Table I of Qi, MaungMaung and Kiya (2022, arXiv:2208.02556) for EtC "
+            "and ELE images (Madono et al. 2020; LE: Tanaka 2018)"
+        )
+    else:
+        what = (
+            "a ShakeDrop PyramidNet (Han et al. 2017; Yamada et al. 2019), Table I's plain baseline"
+        )
+    rows = [
+        ("architecture", f"`{arch['architecture']}`"),
+        ("parameters", f"{arch['params']:,}"),
+        ("classes", str(arch["num_classes"])),
+        ("image size", f"{h}x{w}, {arch['in_chans']} channel(s)"),
+        ("key scheme", "none (plain images)" if arch["plain_images"] else f"`{key['scheme']}`"),
+        ("key fingerprint", f"`{key['fingerprint']}`" if key["fingerprint"] else "not recorded"),
+    ]
+    table = "\n".join(f"| {k} | {v} |" for k, v in rows)
+    return f"""# {name}
+{_notes(notes)}
+An image classifier: {what}, used through
+[timm](https://github.com/huggingface/pytorch-image-models) with the `timm_ppconvmixer` plugin.
 
 ## Model details
 

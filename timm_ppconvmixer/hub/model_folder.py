@@ -71,8 +71,8 @@ def model_args_for_export(model: nn.Module) -> dict:
             permutation=model.permutation is not None,
         )
         args |= permutation_args(model.permutation)
-        if model.key_fingerprint is not None:
-            args["key_fingerprint"] = model.key_fingerprint
+    if getattr(model, "key_fingerprint", None) is not None:  # PPConvMixer, AdaptNet models
+        args["key_fingerprint"] = model.key_fingerprint
     return args
 
 
@@ -174,6 +174,8 @@ def export(
     repo_id: str | None = None,
     model_name: str | None = None,
     allow_key_derived_weights: bool = False,
+    notes: str | None = None,
+    plain_images: bool = False,
 ) -> Path:
     """Write a shareable model folder: ``model.safetensors``, ``config.json`` (as timm's
     ``save_for_hf`` writes it) and ``README.md`` (:func:`model_card`).
@@ -197,6 +199,8 @@ def export(
         license=license,
         repo_id=repo_id,
         model_name=model_name,
+        notes=notes,
+        plain_images=plain_images,
     )
     with atomic_folder(out_dir, overwrite, mode=0o755) as tmp:  # meant to be shared
         _write_weights(model, tmp)
