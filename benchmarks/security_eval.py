@@ -378,6 +378,11 @@ def main(argv: list[str] | None = None) -> None:
         default="outputs/table1/table1.json",
         help="with --schemes: the Table I reproduction's JSON, for each scheme's top-1",
     )
+    p.add_argument(
+        "--table-only",
+        action="store_true",
+        help="with --schemes: measure nothing, tabulate the runs OUT holds (runs_<scheme>.json)",
+    )
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     if args.schemes:
@@ -392,6 +397,7 @@ def main(argv: list[str] | None = None) -> None:
             settings=args.settings,
             table1=Path(args.table1),
             photo_crops=photo_crops,
+            table_only=args.table_only,
         )
         return
     out = Path(args.out)

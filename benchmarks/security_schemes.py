@@ -253,25 +253,33 @@ def markdown(table: list[dict], rows: list[dict[str, Any]]) -> str:
     lines = [
         "| scheme | top-1 (Table I reproduction, Fashion-MNIST) | N: recognisable (classifier "
         "within 5 points of plain) | N: exact images | SSIM at the largest N | attack s at the "
-        "largest N | photographs 224: PSNR / SSIM at N = 2, 3, 5, 10 |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "largest N | photographs 224: PSNR / SSIM at N = 2, 3, 5, 10 | photographs: N for "
+        "exact images |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
         t1 = r["table1"]
-        acc = f"{100 * t1['top1']:.2f} % (`{t1['model']}`)" if t1 else "-"
+        acc = f"{100 * t1['top1']:.2f} % ({t1['row']})" if t1 else "-"
         photo = r.get("photo", {})
+        per_image = attack_for(r["scheme"]).score_key is None  # N does not matter
         cells = []
         for n in (2, 3, 5, 10):
-            p = photo.get(n)
+            p = photo.get(1 if per_image else n)
             cells.append("-" if p is None else f"{p['psnr'][0]:.1f} / {p['ssim'][0]:.2f}")
+        if per_image and photo:
+            cells = [f"each image alone: {cells[0]}"]
         rec, exact = r.get("recognisable_N"), r.get("exact_N")
         rec, exact = (never if v is None else v for v in (rec, exact))
-        if attack_for(r["scheme"]).score_key is None:  # N does not matter: each image alone
-            rec, exact = (v if v == never else "any (each image alone)" for v in (rec, exact))
+        photo_exact = "-" if not photo else r.get("photo_exact_N") or never
+        if per_image:
+            rec, exact, photo_exact = (
+                v if v in (never, "-") else "any (each image alone)"
+                for v in (rec, exact, photo_exact)
+            )
         lines.append(
             f"| {r['scheme']} | {acc} | {rec} | {exact} | "
             f"{_mw(r.get('ssim_largest_N'), False, 3)} (N = {r.get('largest_N', '-')}) | "
-            f"{_mw(r.get('seconds_largest_N'), False, 2)} | {'; '.join(cells)} |"
+            f"{_mw(r.get('seconds_largest_N'), False, 2)} | {'; '.join(cells)} | {photo_exact} |"
         )
     lines += [
         "",
@@ -306,8 +314,10 @@ def run(
     settings: list[str],
     table1: Path | None,
     photo_crops,
+    table_only: bool = False,
 ) -> dict[str, Any]:
-    """Measure (or resume) every scheme in every setting; write the table; return it."""
+    """Measure (or resume) every scheme in every setting; write the table; return it.
+    ``table_only``: measure nothing, tabulate the runs ``out`` already holds."""
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     data: dict[str, dict] = {}
@@ -321,7 +331,7 @@ def run(
             if attack_for(scheme).score_key is None:
                 ns = ns[:1]  # per-image schemes: one run per key (run_scheme_setting)
             have = [r for r in mine if r["setting"] == setting]
-            if len(have) == keys * len(ns) and {r["N"] for r in have} == set(ns):
+            if table_only or (len(have) == keys * len(ns) and {r["N"] for r in have} == set(ns)):
                 continue  # resumed: measured with the same keys and N
             if setting not in data:
                 data[setting] = setting_data(setting, quick, photo_crops)
