@@ -22,19 +22,8 @@ from timm_ppconvmixer import BlockKey, decrypt, encrypt
 from timm_ppconvmixer.attacks import GenericPrior, ReferencePrior, recover_key, score_key
 from timm_ppconvmixer.attacks.blocks import SYMMETRIES, apply_symmetry
 from timm_ppconvmixer.attacks.scoring import psnr, ssim
-from timm_ppconvmixer.data import DatasetUnavailableError, fashion_mnist_arrays
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def fmnist():
-    try:
-        train, labels = fashion_mnist_arrays("train")
-        test, _ = fashion_mnist_arrays("test")
-    except DatasetUnavailableError as e:  # pragma: no cover - the Makefile installs it
-        pytest.skip(f"Fashion-MNIST not installed ({e}); apt-get install dataset-fashion-mnist")
-    return train[:, None], labels, test[:, None]
 
 
 def _sample(train: np.ndarray, seed: int, n: int) -> np.ndarray:
