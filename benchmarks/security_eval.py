@@ -383,6 +383,12 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="with --schemes: measure nothing, tabulate the runs OUT holds (runs_<scheme>.json)",
     )
+    p.add_argument(
+        "--ns",
+        nargs="+",
+        type=int,
+        help="with --schemes: measure these N instead of each setting's list",
+    )
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     if args.schemes:
@@ -398,6 +404,7 @@ def main(argv: list[str] | None = None) -> None:
             table1=Path(args.table1),
             photo_crops=photo_crops,
             table_only=args.table_only,
+            ns=args.ns,
         )
         return
     out = Path(args.out)

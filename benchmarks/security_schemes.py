@@ -21,9 +21,11 @@ estimate (what the provider then reads of the rest of the data); ``pe-per-image`
 to reuse, so its attack runs once per key sample on ``SCORED_PER_IMAGE`` images, each alone
 (recorded as N = 1: more images do not help it).
 
-Runs are kept per scheme in ``OUT/runs_<scheme>.json`` and resumed (a scheme measured in another
-checkout can be copied in); ``OUT/security_schemes.md`` / ``.json`` hold the cross-scheme table,
-with the top-1 of each scheme's Table I reproduction row read from ``--table1``.
+Runs are kept per scheme in ``OUT/runs_<scheme>.json``, written after every run and resumed run
+by run (a stopped evaluation goes on where it stopped; runs measured in another checkout can be
+copied in); ``--ns`` measures other N than a setting's list. ``OUT/security_schemes.md`` and
+``.json`` hold the cross-scheme table, with the top-1 of each scheme's Table I reproduction row
+read from ``--table1``.
 """
 
 from __future__ import annotations
@@ -57,6 +59,13 @@ NS = {
 QUICK_NS = {"fmnist28": [1, 3, 10, 100, 1000], "photo224": [1, 3, 10]}
 RECOGNISABLE_POINTS = 0.05  # classifier top-1 within 5 points of its top-1 on plain images
 EXACT_SHARE = 0.99  # "exact images": at least 99 % of the reconstructions equal the plain ones
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary name beside ``path``, then rename: never half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
 
 
 def scheme_names(requested: list[str]) -> list[str]:
@@ -93,9 +102,18 @@ def _numbers(score: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_scheme_setting(
-    scheme: str, setting: str, s: dict, keys: int, cache: Path
+    scheme: str,
+    setting: str,
+    s: dict,
+    keys: int,
+    cache: Path,
+    *,
+    done: list[dict] = (),
+    save=None,
 ) -> list[dict[str, Any]]:
-    """Every (key, N) run of one scheme in one setting."""
+    """Every (key, N) run of one scheme in one setting; the runs in ``done`` are kept, not
+    measured again, and ``save(rows)`` is called after every new run (an attack of minutes is
+    never lost to a stop)."""
     attack = attack_for(scheme)
     x = s["x"]
     block = 1 if scheme in PIXEL_WISE else s["block"]
@@ -107,11 +125,14 @@ def run_scheme_setting(
     scored = (SCORED_PER_IMAGE if per_image else SCORED)[setting]
     # one key per image: N does not help the attacker, so one run per key (recorded as N = 1)
     ns = s["ns"][:1] if per_image else s["ns"]
-    rows = []
+    rows = [r for r in done if r["N"] in ns and r["key_seed"] < 1000 + keys]
+    have = {(r["key_seed"], r["N"]) for r in rows}
     for k in range(keys):
         key = _key(scheme, x, s["block"], 1000 + k)
         order = np.random.default_rng(1000 + k).permutation(len(x))
         for n in ns:
+            if (1000 + k, n) in have:
+                continue  # resumed
             # scored: the first images of this key's sample, the N attacked ones among them;
             # below ``scored`` images the estimate also decrypts further images under the
             # same key, so every N is judged on as many images (one image says little)
@@ -146,6 +167,8 @@ def run_scheme_setting(
                 row["top1_reconstruction"] = top1(model, rec, labels)
                 row["top1_encrypted"] = top1(model, enc, labels)
             rows.append(row)
+            if save is not None:
+                save(rows)
             parts = " ".join(f"{p} {row['key'].get(p, 0):.3f}" for p in attack.key_parts
                              if isinstance(row.get("key", {}).get(p), (int, float)))  # fmt: skip
             print(
@@ -315,9 +338,11 @@ def run(
     table1: Path | None,
     photo_crops,
     table_only: bool = False,
+    ns: list[int] | None = None,
 ) -> dict[str, Any]:
-    """Measure (or resume) every scheme in every setting; write the table; return it.
-    ``table_only``: measure nothing, tabulate the runs ``out`` already holds."""
+    """Measure (or resume, run by run) every scheme in every setting; write the table; return
+    it. ``table_only``: measure nothing, tabulate the runs ``out`` already holds; ``ns``: these
+    N instead of each setting's list (runs at other N already in ``out`` are tabulated too)."""
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     data: dict[str, dict] = {}
@@ -327,17 +352,29 @@ def run(
         done = json.loads(runs_file.read_text()) if runs_file.exists() else []
         mine = [r for r in done if r["setting"] in settings]
         for setting in settings:
-            ns = (QUICK_NS if quick else NS)[setting]
+            wanted = list(ns) if ns else (QUICK_NS if quick else NS)[setting]
             if attack_for(scheme).score_key is None:
-                ns = ns[:1]  # per-image schemes: one run per key (run_scheme_setting)
+                wanted = wanted[:1]  # per-image schemes: one run per key (run_scheme_setting)
             have = [r for r in mine if r["setting"] == setting]
-            if table_only or (len(have) == keys * len(ns) and {r["N"] for r in have} == set(ns)):
-                continue  # resumed: measured with the same keys and N
+            measured = {(r["key_seed"], r["N"]) for r in have}
+            todo = {(1000 + k, n) for k in range(keys) for n in wanted}
+            if table_only or todo <= measured:
+                continue  # resumed: every run measured with the same keys and N
             if setting not in data:
                 data[setting] = setting_data(setting, quick, photo_crops)
-            mine = [r for r in mine if r["setting"] != setting]
-            mine += run_scheme_setting(scheme, setting, data[setting], keys, out)
-            runs_file.write_text(json.dumps(mine, indent=1))
+                if ns:
+                    data[setting]["ns"] = list(ns)
+            others = [r for r in mine if r["setting"] != setting]
+            kept = [r for r in have if (r["key_seed"], r["N"]) not in todo]
+
+            def save(new_rows, others=others, kept=kept, runs_file=runs_file):
+                _write_atomic(runs_file, json.dumps(others + kept + new_rows, indent=1))
+
+            new_rows = run_scheme_setting(
+                scheme, setting, data[setting], keys, out, done=have, save=save
+            )
+            mine = others + kept + [r for r in new_rows if (r["key_seed"], r["N"]) in todo]
+            save([r for r in new_rows if (r["key_seed"], r["N"]) in todo])
         rows += mine
     table = aggregate(rows)
     cross = summary(table, table1_top1(table1))

@@ -67,3 +67,23 @@ def test_summary_finds_the_first_n_of_each_column():
     assert (row["recognisable_N"], row["exact_N"], row["largest_N"]) == (10, 100, 100)
     (never,) = summary([entry(1, 0.0, 0.1), entry(10, 0.5, 0.84)], {})
     assert never["recognisable_N"] is None and never["exact_N"] is None
+
+
+def test_a_stopped_evaluation_resumes_run_by_run(small_setting, tmp_path):
+    # an attack of minutes per run (ELE on photographs) must not be measured twice: the runs
+    # already saved are kept as they are, only the missing (key, N) are measured, and every new
+    # run is saved as soon as it is done
+    setting = dict(small_setting, ns=[1, 3])
+    saved: list[list[dict]] = []
+
+    def save(rows):
+        saved.append(list(rows))
+
+    first = run_scheme_setting("pe", "fmnist28", setting, 1, tmp_path, save=save)
+    assert [len(s) for s in saved] == [1, 2]
+    saved.clear()
+    second = run_scheme_setting("pe", "fmnist28", setting, 2, tmp_path, done=first[:1], save=save)
+    assert [(r["key_seed"], r["N"]) for r in second] == [(1000, 1), (1000, 3), (1001, 1), (1001, 3)]
+    assert second[0] is first[0]  # kept, not measured again
+    assert second[1] is not first[1] and second[1]["N"] == 3  # the missing run was measured
+    assert [len(s) for s in saved] == [2, 3, 4]
