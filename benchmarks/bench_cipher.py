@@ -54,6 +54,18 @@ def _interpolations(tf) -> list[str]:
 
 
 def bench_transform(images: int, repeats: int, interpolation: str | None = None) -> dict:
+    # a training transform runs in a DataLoader worker, where torch uses one thread (its worker
+    # loop sets it): measured the same way, which also keeps idle OpenMP threads' spinning out
+    # of the CPU-time figures
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _bench_transform(images, repeats, interpolation)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _bench_transform(images: int, repeats: int, interpolation: str | None) -> dict:
     key = BlockKey.generate(224, 16, seed=0)
     rng = np.random.default_rng(0)
     photos = [
@@ -97,6 +109,7 @@ def bench_transform(images: int, repeats: int, interpolation: str | None = None)
             cpu[k] += m[k]
     return {
         "images": images,
+        "torch_threads": torch.get_num_threads(),
         "interpolation_timm": _interpolations(plain),
         "interpolation_with_encryption": _interpolations(ours),
         "timm_train_transform_ms_per_image": 1e3 * med["timm"] / images,
@@ -117,6 +130,9 @@ def main() -> None:
     parser.add_argument(
         "--interpolation", default=None, help="passed to both pipelines (default: timm's)"
     )
+    parser.add_argument(
+        "--transform-only", action="store_true", help="measure only the training transform (2.)"
+    )
     args = parser.parse_args()
     result = {
         "machine": {
@@ -125,7 +141,7 @@ def main() -> None:
             "loadavg_1_5_15": os.getloadavg(),
         },
         "torch": torch.__version__,
-        "encrypt_vs_clone": bench_batch(args.batch, args.repeats),
+        "encrypt_vs_clone": None if args.transform_only else bench_batch(args.batch, args.repeats),
         "transform_overhead": bench_transform(
             args.images, max(5, args.repeats // 3), args.interpolation
         ),

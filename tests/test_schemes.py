@@ -146,8 +146,17 @@ def test_decrypt_inverts_encrypt_for_tensors_arrays_and_pil(case):
     one = hwc[0] if key.channels == 3 else hwc[0, :, :, 0]
     img = Image.fromarray(one)
     assert np.array_equal(np.asarray(decrypt(encrypt(img, key), key)), one)
-    # the fused HWC -> CHW path of EncryptToTensor gives the same bytes
-    assert torch.equal(encrypt_hwc_to_chw(hwc[0], key), encrypt(x[0], key))
+    # the fused HWC -> CHW path of EncryptToTensor gives the same bytes, by either gather:
+    # torch's int32 index_select (a writable contiguous array, what EncryptToTensor passes) and
+    # numpy's take (strided or read-only arrays, which torch cannot wrap without a warning)
+    writable = np.ascontiguousarray(hwc[0])
+    read_only = writable.copy()
+    read_only.flags.writeable = False
+    for a in (hwc[0], writable, read_only):
+        assert torch.equal(encrypt_hwc_to_chw(a, key), encrypt(x[0], key))
+        if not key.per_image:
+            enc_hwc = encrypt(x[0], key).permute(1, 2, 0).contiguous().numpy()
+            assert torch.equal(encrypt_hwc_to_chw(enc_hwc, key, decrypt=True), x[0])
 
 
 @settings(max_examples=30, deadline=None)
