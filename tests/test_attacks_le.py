@@ -52,6 +52,18 @@ def test_one_image_still_gives_a_valid_le_key(fmnist):
     assert score_le_key(key, result.key)["upper_found"] > 0.5  # measured 0.75
 
 
+def test_an_image_of_one_block_is_attacked_too(fmnist):
+    # LE moves no blocks: one block per image is a valid LE image (the block-order check of
+    # the block-shuffling attacks does not apply), and its halves still give the upper halves
+    x = np.ascontiguousarray(_sample(fmnist[0], 2000, 9)[:, :, 10:14, 10:14])
+    key = generate_key("le", image_size=4, block_size=4, channels=1, seed=1002)
+    result = recover_le_key(encrypt(x, key, layout="CHW"), 4)
+    assert result.key.scheme == "le" and result.details["blocks_per_image"] == 1
+    assert score_le_key(key, result.key, x)["upper_found"] == 1.0  # measured 1.0
+    with pytest.raises(AttackInputError, match="no block order"):
+        attack_for("blockwise").recover(np.zeros((2, 1, 4, 4), dtype=np.uint8), 4)
+
+
 def test_bad_input_raises_one_clear_error():
     with pytest.raises(AttackInputError, match="numpy uint8"):
         recover_le_key(np.zeros((2, 1, 28, 28), dtype=np.float32), 4)

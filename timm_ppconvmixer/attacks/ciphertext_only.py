@@ -35,8 +35,11 @@ from .result import AttackInputError, AttackResult
 __all__ = ["check_encrypted_batch", "recover_key"]
 
 
-def check_encrypted_batch(encrypted: np.ndarray, block_size: int) -> tuple[int, int, int, int]:
-    """Validate a batch for the attacks; ``(N, C, H, W)`` or :class:`AttackInputError`."""
+def check_encrypted_batch(
+    encrypted: np.ndarray, block_size: int, *, block_order: bool = True
+) -> tuple[int, int, int, int]:
+    """Validate a batch for the attacks; ``(N, C, H, W)`` or :class:`AttackInputError`.
+    ``block_order=False`` for schemes that do not move blocks (LE): one block is enough."""
     if not isinstance(encrypted, np.ndarray) or encrypted.dtype != np.uint8:
         kind = getattr(encrypted, "dtype", type(encrypted).__name__)
         raise AttackInputError(
@@ -57,7 +60,7 @@ def check_encrypted_batch(encrypted: np.ndarray, block_size: int) -> tuple[int, 
             f"images of {h}x{w} are not a grid of {m}x{m} blocks; pass the block size the data "
             "were encrypted with (ENCRYPTION.json says it)"
         )
-    if (h // m) * (w // m) < 2:
+    if block_order and (h // m) * (w // m) < 2:
         raise AttackInputError(
             f"a {h}x{w} image is a single {m}x{m} block: there is no block order to recover"
         )

@@ -157,7 +157,7 @@ def recover_le_key(
     Works from one image on (its n blocks are the samples); ``max_samples`` caps the blocks
     used for the statistics.
     """
-    n_img, c, h, w = check_encrypted_batch(encrypted, block_size)
+    n_img, c, h, w = check_encrypted_batch(encrypted, block_size, block_order=False)
     m = int(block_size)
     grid = (h // m, w // m)
     prior = prior or GenericPrior()

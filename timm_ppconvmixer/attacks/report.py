@@ -167,7 +167,7 @@ def run_attack(
     if name in PIXEL_WISE:
         n, c, h, w = images.shape
     else:
-        n, c, h, w = check_encrypted_batch(images, int(m))
+        n, c, h, w = check_encrypted_batch(images, int(m), block_order=name != "le")
     # N = 1, 10, ... are random samples of the data (seeded), not the first files of a tree
     # sorted by class
     order = np.random.default_rng(0).permutation(n)
