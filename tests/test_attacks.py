@@ -293,3 +293,17 @@ def test_run_attack_attacks_every_scheme_from_its_record(tmp_path, fmnist, schem
     assert load_key(out / "recovered.key").scheme == scheme
     for name in ("report.md", "result.json"):
         assert holds_key_material((out / name).read_bytes(), key) == [], name
+
+
+def test_what_the_prior_left_undecided_is_reported_once_per_attack():
+    from timm_ppconvmixer.attacks.blocks import SYMMETRIES
+    from timm_ppconvmixer.attacks.priors import OrientationChoice
+
+    undecided = ["transpose", "channel order"]
+    choice = OrientationChoice(SYMMETRIES[0], (0,), False, "generic", undecided)
+    (line,) = choice.ambiguity()
+    assert line.startswith("generic prior could not decide: transpose, channel order")
+    (only,) = choice.ambiguity(only=("global inversion", "channel order"))
+    assert "transpose" not in only and "channel order" in only
+    assert OrientationChoice(SYMMETRIES[0], (0,), False, "reference").ambiguity() == []
+    assert choice.ambiguity(only=("global inversion",)) == []

@@ -141,12 +141,7 @@ def recover_key(
     mask = (signs < 0) ^ choice.invert
     key = BlockKey((h, w), m, c, gmap[sol.place], pixel_perm, mask.astype(np.uint8))
     timings["total"] = time.perf_counter() - t0
-    ambiguities = list(sol.notes)
-    if choice.unresolved:
-        ambiguities.append(
-            f"{choice.prior} prior could not decide: {', '.join(choice.unresolved)} (the "
-            "reconstruction may be transformed by these; every other part is fixed by the data)"
-        )
+    ambiguities = list(sol.notes) + choice.ambiguity()  # every other part is fixed by the data
     return AttackResult(
         key=key,
         confidence={

@@ -113,12 +113,7 @@ def recover_ele_key(
     key = ELEKey((h, w), m, c, block_perm=block_perm, nibble_perm=nibble_perm,
                  nibble_mask=nibble_mask)  # fmt: skip
     t3 = time.perf_counter()
-    ambiguities = list(sol.notes)
-    if choice.unresolved:
-        ambiguities.append(
-            f"{choice.prior} prior could not decide: {', '.join(choice.unresolved)} (the "
-            "reconstruction may be transformed by these)"
-        )
+    ambiguities = list(sol.notes) + choice.ambiguity()
     return AttackResult(
         key=key,
         confidence={

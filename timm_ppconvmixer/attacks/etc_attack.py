@@ -147,11 +147,7 @@ def recover_etc_key(
         "one transform of the whole picture (a dihedral map, global inversion, the channel "
         f"order) leaves every edge cost unchanged; chosen by the {choice.prior} prior"
     )
-    if choice.unresolved:
-        ambiguities.append(
-            f"{choice.prior} prior could not decide: {', '.join(choice.unresolved)} (the "
-            "reconstruction may be transformed by these)"
-        )
+    ambiguities += choice.ambiguity()
     if sol.blank_pieces > 1:
         ambiguities.append(
             f"{sol.blank_pieces} positions are constant in every image: their orientation and "

@@ -178,11 +178,8 @@ def recover_le_key(
     key = LEKey((h, w), m, c, nibble_perm=perm, nibble_mask=mask)
     t3 = time.perf_counter()
     ranked = sorted(border.values())
-    ambiguities = []
-    if choice.unresolved:
-        kept = [u for u in choice.unresolved if u in ("global inversion", "channel order")]
-        if kept:
-            ambiguities.append(f"{choice.prior} prior could not decide: {', '.join(kept)}")
+    # LE moves no blocks: of the prior's choices only these two are the key's
+    ambiguities = choice.ambiguity(only=("global inversion", "channel order"))
     return AttackResult(
         key=key,
         confidence={

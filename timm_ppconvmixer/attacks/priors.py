@@ -47,6 +47,17 @@ class OrientationChoice:
     prior: str
     unresolved: list[str] = field(default_factory=list)
 
+    def ambiguity(self, only: tuple[str, ...] | None = None) -> list[str]:
+        """The attack result's line for what the prior left undecided (``only``: of these
+        kinds, for a scheme where the others cannot arise); empty when it decided all."""
+        left = [u for u in self.unresolved if only is None or u in only]
+        if not left:
+            return []
+        return [
+            f"{self.prior} prior could not decide: {', '.join(left)} (the reconstruction may "
+            "be transformed by these)"
+        ]
+
 
 def _features(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Mean image (C, H, W) and per-channel normalised histograms (C, bins) of uint8 images."""
