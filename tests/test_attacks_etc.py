@@ -11,10 +11,10 @@ bad input raises one clear error; results carry no key material.
 from __future__ import annotations
 
 import json
-import re
 
 import numpy as np
 import pytest
+from conftest import holds_key_material
 from PIL import Image
 
 from timm_ppconvmixer import decrypt, encrypt
@@ -96,27 +96,11 @@ def test_bad_input_is_one_clear_error():
         recover_etc_key(np.zeros((2, 1, 28, 28), dtype=np.uint8), 5)
 
 
-def _etc_leaks(data: bytes, key: EtCKey) -> list[str]:
-    """Which EtC fields occur in ``data`` as 16 consecutive values (the shared
-    ``holds_key_material`` knows the blockwise fields only), plus the key file itself."""
-    text = re.sub(rb"\s+", b"", data)
-    found = ["key file"] if key.to_json().encode() in data else []
-    for f, values in key.secret_items():
-        seq = values.reshape(-1)
-        for start in range(max(len(seq) - 15, 0)):
-            window = seq[start : start + 16].tolist()
-            if len(set(window)) > 1 and ",".join(map(str, window)).encode() in text:
-                found.append(f.name)
-                break
-    mask = "".join(map(str, key.np_mask.numpy().astype(int).tolist())).encode()
-    return found + (["np_mask"] if mask in text else [])
-
-
 def test_result_holds_no_key_material(fmnist_case):
     key, _, enc, _ = fmnist_case
     result = recover_etc_key(enc[:200], 4)
     text = json.dumps(result.to_dict()).encode()
-    assert _etc_leaks(text, key) == [] and _etc_leaks(text, result.key) == []
-    assert _etc_leaks(json.dumps(score_etc_key(key, result.key)).encode(), key) == []
-    # the check itself finds a key when one is there
-    assert "block_perm" in _etc_leaks(key.to_json().encode().replace(b" ", b""), key)
+    assert holds_key_material(text, key) == [] and holds_key_material(text, result.key) == []
+    assert holds_key_material(json.dumps(score_etc_key(key, result.key)).encode(), key) == []
+    # the search itself finds a key when one is there
+    assert "block_perm" in holds_key_material(key.to_json().encode(), key)
