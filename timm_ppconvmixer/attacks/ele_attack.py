@@ -9,9 +9,11 @@ position's LE key (instead of LE's N*n samples of one key). The attack:
 1. per encrypted position, the LE key from the halves' statistics pooled over the N images
    (:mod:`.halves`: upper halves, their inversion and placement, the lower halves' pairing),
    each up to its own block symmetry and inversion;
-2. the block order, and each block's symmetry and inversion, by the jigsaw solver for pieces of
-   unknown orientation and inversion pooled over the N images (:mod:`.oriented_jigsaw`, after
-   Gallagher, CVPR 2012 and Chuman, Kurihara, Kiya, IEICE Trans. E101-D(1), 2018);
+2. the block order, and each block's symmetry and inversion, by the extended jigsaw solver of
+   the EtC attack (:func:`.jigsaw_oriented.solve_oriented_jigsaw`, after Gallagher, CVPR 2012
+   and Chuman, Kurihara, Kiya, IEICE Trans. E101-D(1), 2018) over the 16 transforms of
+   ``D4 x Z2`` (each position's channel order comes with its estimate), edge costs pooled over
+   the N images;
 3. the whole image's dihedral symmetry, channel order and global inversion by the prior
    (:mod:`.priors`), as for the paper's scheme.
 
@@ -38,11 +40,19 @@ from typing import Any
 import numpy as np
 
 from ..schemes.ele import ELEKey
-from .blocks import SYMMETRIES, from_blocks, symmetry_index_map, to_blocks, valid_symmetries
+from .blocks import (
+    SYMMETRIES,
+    Symmetry,
+    from_blocks,
+    symmetry_index_map,
+    to_blocks,
+    valid_symmetries,
+)
 from .ciphertext_only import check_encrypted_batch
 from .halves import HalvesEstimate, from_halves, half_stats, recover_halves, to_halves
+from .jigsaw_oriented import solve_oriented_jigsaw
 from .le_attack import _decrypt_halves, _score_parts, blocks_exact, half_key_parts
-from .oriented_jigsaw import VARIANTS, compose, solve_oriented_jigsaw, variant_parts
+from .piece_group import PieceGroup
 from .priors import GenericPrior, ReferencePrior
 from .result import AttackResult
 
@@ -90,24 +100,28 @@ def recover_ele_key(
         perm, mask = half_key_parts(est, c, m, SYMMETRIES[0], range(c), False)
         pieces[:, i] = from_halves(_decrypt_halves(halves[:, i], perm, mask))
     t1 = time.perf_counter()
-    sol = solve_oriented_jigsaw(pieces.reshape(n_img, n, c, m, m), grid, seed=seed)
+    group = PieceGroup(c, channel_orders=False)
+    sol = solve_oriented_jigsaw(pieces.reshape(n_img, n, c, m, m), grid, group)
     t2 = time.perf_counter()
+
+    def parts(t: int) -> tuple[Symmetry, bool]:  # a transform's block symmetry and inversion
+        return SYMMETRIES[int(group.dihedral[t])], bool(group.inverted[t])
+
     framed = np.empty_like(pieces)
     for i in range(n):
-        g, inv = variant_parts(sol.variants[i])
+        g, inv = parts(sol.transform[i])
         perm, mask = half_key_parts(ests[i], c, m, g, range(c), inv)
         framed[:, sol.place[i]] = from_halves(_decrypt_halves(halves[:, i], perm, mask))
     recon = from_blocks(framed, (c, h, w), m)
     choice = prior.choose(recon, grid)
     gmap = symmetry_index_map(choice.symmetry, *grid)
-    whole = SYMMETRIES.index(choice.symmetry)
+    whole = group.element(SYMMETRIES.index(choice.symmetry), int(choice.invert), 0)
     block_perm = gmap[sol.place]
     d2 = 2 * c * m * m
     nibble_perm = np.empty((n, d2), dtype=np.int64)
     nibble_mask = np.empty((n, d2), dtype=bool)
     for i in range(n):
-        v = compose(whole + 8 * choice.invert, sol.variants[i])  # the piece's, then the image's
-        g, inv = variant_parts(v)
+        g, inv = parts(group.compose(whole, sol.transform[i]))  # the piece's, then the image's
         perm, mask = half_key_parts(ests[i], c, m, g, choice.channel_order, inv)
         nibble_perm[block_perm[i]], nibble_mask[block_perm[i]] = perm, mask
     key = ELEKey((h, w), m, c, block_perm=block_perm, nibble_perm=nibble_perm,
@@ -120,14 +134,17 @@ def recover_ele_key(
             "nibble_mask": float(np.mean([e.confidence["upper_inversion"] for e in ests])),
             "nibble_perm": float(np.mean([e.confidence["upper_placement"] for e in ests])),
             "block_perm": float(sol.confidence),
+            "transforms": float(sol.transform_margin),
         },
         timings={"positions": t1 - t0, "jigsaw": t2 - t1, "prior": t3 - t2, "total": t3 - t0},
         ambiguities=ambiguities,
         details={
             "images": n_img,
             "blocks_per_image": n,
-            "variants_per_piece": VARIANTS,
-            "jigsaw_rounds": sol.rounds,
+            "transforms_per_piece": group.size,
+            "clusters_before_filling": sol.clusters,
+            "blank_pieces": sol.blank_pieces,
+            "layout_cost": sol.cost,
             "prior": choice.prior,
             "chosen_symmetry": choice.symmetry.name,
             "inverted": bool(choice.invert),

@@ -55,11 +55,16 @@ def _dihedral_tables() -> tuple[np.ndarray, np.ndarray]:
 
 
 class PieceGroup:
-    """``D4 x Z2 x S_C`` with composition, inverses and its action on pieces and directions."""
+    """``D4 x Z2 x S_C`` with composition, inverses and its action on pieces and directions.
 
-    def __init__(self, channels: int) -> None:
+    ``channel_orders=False``: the subgroup ``D4 x Z2`` (16 elements whatever ``channels`` is),
+    for pieces whose channel order is known, as ELE's per-position estimates leave them.
+    """
+
+    def __init__(self, channels: int, channel_orders: bool = True) -> None:
         self.channels = int(channels)
-        self.perms = list(permutations(range(self.channels)))
+        identity = tuple(range(self.channels))
+        self.perms = list(permutations(identity)) if channel_orders else [identity]
         nc = len(self.perms)
         self.num_orders = nc
         self.size = 16 * nc
