@@ -110,10 +110,11 @@ def run_scheme_setting(
     *,
     done: list[dict] = (),
     save=None,
+    scored: int | None = None,
 ) -> list[dict[str, Any]]:
     """Every (key, N) run of one scheme in one setting; the runs in ``done`` are kept, not
     measured again, and ``save(rows)`` is called after every new run (an attack of minutes is
-    never lost to a stop)."""
+    never lost to a stop); ``scored``: images scored per run instead of the setting's."""
     attack = attack_for(scheme)
     x = s["x"]
     block = 1 if scheme in PIXEL_WISE else s["block"]
@@ -122,7 +123,7 @@ def run_scheme_setting(
     if s["ref_y"] is not None:
         model = cached_classifier(cache / f"classifier_{x.shape[-1]}", s["ref"], s["ref_y"])
     per_image = attack.score_key is None
-    scored = (SCORED_PER_IMAGE if per_image else SCORED)[setting]
+    scored = scored or (SCORED_PER_IMAGE if per_image else SCORED)[setting]
     # one key per image: N does not help the attacker, so one run per key (recorded as N = 1)
     ns = s["ns"][:1] if per_image else s["ns"]
     rows = [r for r in done if r["N"] in ns and r["key_seed"] < 1000 + keys]
@@ -136,10 +137,12 @@ def run_scheme_setting(
             # scored: the first images of this key's sample, the N attacked ones among them;
             # below ``scored`` images the estimate also decrypts further images under the
             # same key, so every N is judged on as many images (one image says little)
-            shown = order[: max(n, scored)][:scored]
+            sample = order[: max(n, scored)]  # the N attacked images, at least ``scored``
+            shown = sample[:scored]
             plain = x[shown]
-            enc = encrypt(plain, key, layout="CHW")
-            attacked = enc[:n]
+            enc_sample = encrypt(x[sample], key, layout="CHW")
+            enc = enc_sample[:scored]
+            attacked = enc_sample[:n]  # all N of them, also where N > scored
             if per_image:
                 attacked = enc  # every scored image, each alone
             t = time.perf_counter()
@@ -159,6 +162,7 @@ def run_scheme_setting(
             row["confidence"] = _numbers(result.confidence)
             if attack.score_key is not None:
                 row["key"] = _numbers(attack.score_key(key, result.key, plain))
+            row["attacked_images"] = len(attacked)
             row["scored_images"] = len(plain)
             row.update(score_images(rec, plain))
             if model is not None:

@@ -87,3 +87,14 @@ def test_a_stopped_evaluation_resumes_run_by_run(small_setting, tmp_path):
     assert second[0] is first[0]  # kept, not measured again
     assert second[1] is not first[1] and second[1]["N"] == 3  # the missing run was measured
     assert [len(s) for s in saved] == [2, 3, 4]
+
+
+def test_an_n_above_the_scored_images_attacks_all_n(small_setting, tmp_path):
+    # N = 60,000 means the attack sees 60,000 images, though 2,000 are scored: the scored ones
+    # are the first of the attacked (an earlier version attacked only the scored images)
+    rows = run_scheme_setting(
+        "blockwise", "fmnist28", dict(small_setting, ns=[300]), 1, tmp_path, scored=100
+    )
+    (row,) = rows
+    assert row["attacked_images"] == 300 and row["scored_images"] == 100
+    assert row["exact_images"] == 1.0  # 300 images give the whole key, measured
