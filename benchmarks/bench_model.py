@@ -156,6 +156,7 @@ def main() -> None:
                 "tokens": grid * grid,
                 "channels_last": cl,
                 "clock": args.clock,
+                "threads": torch.get_num_threads(),
                 "loadavg": os.getloadavg(),
                 "step_s_with_p": med["with_p"],
                 "step_s_without_p": med["without_p"],
