@@ -108,6 +108,15 @@ def test_channels_last_keeps_outputs_and_contiguous_weights():
     out = perm(tokens.contiguous(memory_format=torch.channels_last))
     assert out.is_contiguous(memory_format=torch.channels_last) and not out.is_contiguous()
     assert torch.allclose(out, perm(tokens), atol=1e-6, rtol=0)
+    # and the same gradients, for P and for the tokens (the channels_last path is its own bmm)
+    grads = []
+    for t in (tokens, tokens.contiguous(memory_format=torch.channels_last)):
+        t = t.clone().requires_grad_()
+        perm.weight.grad = None
+        (perm(t) * torch.arange(t.numel()).view_as(t).sin()).sum().backward()
+        grads.append((perm.weight.grad.clone(), t.grad))
+    assert torch.allclose(grads[0][0], grads[1][0], atol=1e-5, rtol=0)
+    assert torch.allclose(grads[0][1], grads[1][1], atol=1e-6, rtol=0)
     use_channels_last(model)
     seen = []
     model.stem[-1].register_forward_hook(lambda m, i, o: seen.append(i[0]))

@@ -315,9 +315,12 @@ class AdaptivePermutation(nn.Module):
         matrix = matrix.to(x.dtype)
         if c > 1 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
             # channels_last memory is (B, tokens, C): P^T @ tokens on it, no layout copy, and
-            # the result stays channels_last for the convolutions after it
+            # the result stays channels_last for the convolutions after it. An explicit bmm
+            # over the expanded (stride-0) P: torch.matmul folds this shape through
+            # transposed copies of the tokens, which cost as much again as the products
+            # (benchmarks/bench_efficiency.py, the demo model's step)
             tokens = x.permute(0, 2, 3, 1).reshape(b, gh * gw, c)
-            out = torch.matmul(matrix.t(), tokens)
+            out = torch.bmm(matrix.t().expand(b, -1, -1), tokens)
             return out.view(b, gh, gw, c).permute(0, 3, 1, 2)
         return torch.matmul(x.flatten(2), matrix).view(b, c, gh, gw)
 
