@@ -146,8 +146,9 @@ def test_decrypt_inverts_encrypt_for_tensors_arrays_and_pil(case):
     one = hwc[0] if key.channels == 3 else hwc[0, :, :, 0]
     img = Image.fromarray(one)
     assert np.array_equal(np.asarray(decrypt(encrypt(img, key), key)), one)
-    # the fused HWC -> CHW path of EncryptToTensor (one gather from the image and its inverse)
-    # gives the same bytes, from strided, contiguous and read-only arrays, in both directions
+    # the fused HWC -> CHW path of EncryptToTensor gives the same bytes, by either gather:
+    # torch's int32 index_select (a writable contiguous array, what EncryptToTensor passes) and
+    # numpy's take (strided or read-only arrays, which torch cannot wrap without a warning)
     writable = np.ascontiguousarray(hwc[0])
     read_only = writable.copy()
     read_only.flags.writeable = False

@@ -283,22 +283,16 @@ def encrypt_hwc_to_chw(a: np.ndarray, key: SchemeKey, decrypt: bool = False) -> 
         return _apply_tensor(chw, key, decrypt)
     plan = _plan(key, decrypt, torch.device("cpu"), "HWC")
     if key.UNIT_BITS == 8:
-        # One gather from the image and its inverse side by side (unit j inverted is unit
-        # N + j), so the inversion is folded into the index: no XOR pass and no mask to read.
-        # A 4-byte index read by torch's index_select as it is: between two images a loader
-        # worker's other transforms evict the plan from the caches, and 0.6 MB of int32
-        # (224x224x3) against 1.2 MB of int64 plus the mask make this gather cheaper than the
-        # transposing copy ToTensor makes instead (benchmarks/bench_cipher.py)
-        total = a.size
-        index = key.derived(
-            ("cipher-plan-int32-with-inverse", decrypt, "HWC"),
-            lambda: (plan.index + total * plan.mask.long()).int(),
-        )
-        flat = a.reshape(-1)
-        both = np.empty(2 * total, dtype=np.uint8)
-        both[:total] = flat
-        np.subtract(255, flat, out=both[total:])
-        return torch.from_numpy(both).index_select(0, index).view(c, h, w)
+        if a.flags.writeable and a.flags.c_contiguous:
+            # One image in a loader worker: between two images the other transforms evict the
+            # plan from the caches, and a 4-byte index (0.6 MB at 224x224x3, against 1.2 MB of
+            # int64) read by torch's index_select, which takes it as it is, makes this gather
+            # cheaper than the transposing copy ToTensor makes instead (benchmarks/bench_cipher.py)
+            index32 = key.derived(("cipher-plan-int32", decrypt, "HWC"), lambda: plan.index.int())
+            out = torch.from_numpy(a).view(-1).index_select(0, index32)
+        else:  # torch cannot wrap a read-only array without a warning; numpy's take can
+            out = torch.from_numpy(np.take(a.reshape(-1), plan.index.numpy()))
+        return _flip(out, plan).view(c, h, w)
     row = torch.from_numpy(a.reshape(1, -1).copy())
     return _apply_units(row, key, plan).view(c, h, w)
 

@@ -85,7 +85,8 @@ class EncryptToTensor:
         if isinstance(img, Image.Image):
             if img.mode != mode_for_channels(self.key.channels):
                 return BlockScramble(self.key)(img)  # raises the cipher's clear mode error
-            out = encrypt_hwc_to_chw(np.asarray(img), self.key)
+            # np.array copies as ToTensor does; the writable copy takes the int32 gather
+            out = encrypt_hwc_to_chw(np.array(img), self.key)
         else:
             out = encrypt((MaybeToTensor if self.scale else MaybePILToTensor)()(img), self.key)
         if self.scale and out.dtype == torch.uint8:
