@@ -251,3 +251,24 @@ def test_training_pipeline_is_timms_default_training_plus_encryption_on_real_ima
         random.seed(seed + 100), torch.manual_seed(seed + 100)
         outputs.append((out, ours(img)))
     assert all(not torch.equal(a, b) for a, b in outputs)  # the augmentation is random
+
+
+@pytest.mark.parametrize("scheme", ["blockwise", "etc", "pe", "le"])
+def test_encrypt_to_tensor_is_to_tensor_then_encrypt_and_survives_pickling(scheme, photo):
+    import pickle
+
+    from timm.data.transforms import MaybePILToTensor
+
+    from timm_ppconvmixer.schemes import generate_key
+    from timm_ppconvmixer.transforms import EncryptToTensor
+
+    key = generate_key(scheme, image_size=32, block_size=1 if scheme == "pe" else 8, seed=5)
+    img = photo.resize((32, 32))
+    tf = EncryptToTensor(key)
+    expected = encrypt(MaybePILToTensor()(img), key).float() / 255  # the bytes encrypted
+    assert torch.equal(tf(img), expected) and torch.equal(tf(img), expected)  # prebuilt path
+    # a loader worker gets a pickled copy: the prebuilt gather is left behind and rebuilt
+    copy = pickle.loads(pickle.dumps(tf))
+    assert "_run" not in copy.__dict__ and torch.equal(copy(img), expected)
+    with pytest.raises(ValueError, match="32"):
+        tf(photo)  # not the key's size: the cipher's clear error, not a wrong gather

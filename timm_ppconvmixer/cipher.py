@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Literal, NamedTuple, TypeVar
 
@@ -29,7 +30,14 @@ from PIL import Image
 from .images import IMAGE_MODES
 from .key import PerImagePE, SchemeKey
 
-__all__ = ["encrypt", "decrypt", "encrypt_hwc_to_chw", "gather_plan", "CipherInputError"]
+__all__ = [
+    "encrypt",
+    "decrypt",
+    "encrypt_hwc_to_chw",
+    "hwc_encryptor",
+    "gather_plan",
+    "CipherInputError",
+]
 
 Layout = Literal["auto", "HWC", "CHW"]
 ImageLike = TypeVar("ImageLike", torch.Tensor, np.ndarray, Image.Image)
@@ -281,20 +289,46 @@ def encrypt_hwc_to_chw(a: np.ndarray, key: SchemeKey, decrypt: bool = False) -> 
     if key.per_image:  # no plan to fuse the layout change into
         chw = torch.from_numpy(np.ascontiguousarray(a.reshape(h, w, c).transpose(2, 0, 1)))
         return _apply_tensor(chw, key, decrypt)
+    if key.UNIT_BITS == 8 and a.flags.writeable and a.flags.c_contiguous:
+        return hwc_encryptor(key, decrypt)(a)
     plan = _plan(key, decrypt, torch.device("cpu"), "HWC")
-    if key.UNIT_BITS == 8:
-        if a.flags.writeable and a.flags.c_contiguous:
-            # One image in a loader worker: between two images the other transforms evict the
-            # plan from the caches, and a 4-byte index (0.6 MB at 224x224x3, against 1.2 MB of
-            # int64) read by torch's index_select, which takes it as it is, makes this gather
-            # cheaper than the transposing copy ToTensor makes instead (benchmarks/bench_cipher.py)
-            index32 = key.derived(("cipher-plan-int32", decrypt, "HWC"), lambda: plan.index.int())
-            out = torch.from_numpy(a).view(-1).index_select(0, index32)
-        else:  # torch cannot wrap a read-only array without a warning; numpy's take can
-            out = torch.from_numpy(np.take(a.reshape(-1), plan.index.numpy()))
+    if key.UNIT_BITS == 8:  # torch cannot wrap a read-only array without a warning; numpy can
+        out = torch.from_numpy(np.take(a.reshape(-1), plan.index.numpy()))
         return _flip(out, plan).view(c, h, w)
     row = torch.from_numpy(a.reshape(1, -1).copy())
     return _apply_units(row, key, plan).view(c, h, w)
+
+
+def hwc_encryptor(key: SchemeKey, decrypt: bool = False) -> Callable[[np.ndarray], torch.Tensor]:
+    """:func:`encrypt_hwc_to_chw` for one key and direction, with the plan looked up once: a
+    function of a writable, C-contiguous uint8 array of the key's (H, W, C) (or (H, W)) shape,
+    which it does not check again (``EncryptToTensor`` knows the shape from the PIL image).
+
+    In a loader worker the other transforms evict everything from the caches between two
+    images, so every Python step and every byte of the plan costs: the gather reads a 4-byte
+    index (0.6 MB at 224x224x3, not 1.2 MB of int64) through torch's ``index_select``, which
+    takes it as it is, and is then cheaper than the transposing copy ``ToTensor`` makes
+    instead (benchmarks/bench_cipher.py). Kept with the key (:meth:`SchemeKey.derived`).
+    """
+
+    _refuse_per_image_decryption(key, decrypt)
+    if key.per_image or key.UNIT_BITS != 8:  # no byte plan to prebuild: the generic path
+        return lambda a: encrypt_hwc_to_chw(np.ascontiguousarray(a), key, decrypt)
+    # looked up before key.derived builds the runner: derived() holds the key's lock while it
+    # builds, and the plan is another derived value
+    plan = _plan(key, decrypt, torch.device("cpu"), "HWC")
+    shape = (key.channels, *key.image_size)
+
+    def build() -> Callable[[np.ndarray], torch.Tensor]:
+        index32, xor = plan.index.int(), plan.xor_units
+
+        def run(a: np.ndarray) -> torch.Tensor:
+            out = torch.from_numpy(a).view(-1).index_select(0, index32)
+            return out.bitwise_xor_(xor).view(shape)
+
+        return run
+
+    return key.derived(("hwc-encryptor", decrypt), build)
 
 
 def _refuse_per_image_decryption(key: SchemeKey, decrypt: bool) -> None:

@@ -19,7 +19,7 @@ from timm.data.random_erasing import RandomErasing
 from timm.data.transforms import MaybePILToTensor, MaybeToTensor, ToNumpy
 from torchvision import transforms as T
 
-from .cipher import decrypt, encrypt, encrypt_hwc_to_chw
+from .cipher import decrypt, encrypt, encrypt_hwc_to_chw, hwc_encryptor
 from .images import DEFAULT_INTERPOLATION, KeyImageMode, mode_for_channels, timm_crop_mode
 from .key import SchemeKey
 
@@ -80,18 +80,35 @@ class EncryptToTensor:
     def __init__(self, key: SchemeKey, scale: bool = True) -> None:
         self.key = key
         self.scale = scale
+        self._mode = mode_for_channels(key.channels) if key.channels in (1, 3) else None
+        self._size = (key.image_size[1], key.image_size[0])  # PIL's (W, H)
 
     def __call__(self, img: Any) -> torch.Tensor:
         if isinstance(img, Image.Image):
-            if img.mode != mode_for_channels(self.key.channels):
+            if img.mode != self._mode:
                 return BlockScramble(self.key)(img)  # raises the cipher's clear mode error
-            # np.array copies as ToTensor does; the writable copy takes the int32 gather
-            out = encrypt_hwc_to_chw(np.array(img), self.key)
+            if img.size == self._size:
+                # np.array copies as ToTensor does: a writable array of the key's shape, for
+                # the key's prebuilt gather (no checks or look-ups per image: in a loader
+                # worker each Python step runs with cold caches)
+                run = self.__dict__.get("_run") or self._prebuild()
+                out = run(np.array(img))
+            else:
+                out = encrypt_hwc_to_chw(np.asarray(img), self.key)  # the size error
         else:
             out = encrypt((MaybeToTensor if self.scale else MaybePILToTensor)()(img), self.key)
         if self.scale and out.dtype == torch.uint8:
             return out.float().div_(255)  # what ToTensor does, on the encrypted bytes
         return out
+
+    def _prebuild(self):
+        self._run = hwc_encryptor(self.key)
+        return self._run
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state.pop("_run", None)  # a closure over tensors: rebuilt in each loader worker
+        return state
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(key={self.key.fingerprint}, scale={self.scale})"
