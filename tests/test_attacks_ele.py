@@ -52,6 +52,8 @@ def test_one_image_still_gives_a_valid_ele_key(fmnist):
     result = recover_ele_key(enc, 4)
     assert result.key.scheme == "ele" and result.scheme == "ele"
     assert decrypt(enc, result.key, layout="CHW").shape == x.shape
+    # the shared solver over D4 x Z2 (no channel orders: they come with each position's key)
+    assert result.details["group_size"] == 16 and result.details["prior"] == "generic"
 
 
 def test_bad_input_raises_one_clear_error():

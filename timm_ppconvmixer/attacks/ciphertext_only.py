@@ -159,9 +159,7 @@ def recover_key(
             "k2_rounds": shuffle.rounds,
             "k3_positions_reinverted": int(0 if shuffle.flipped is None else shuffle.flipped.sum()),
             "blank_pieces": sol.blank_pieces,
-            "prior": choice.prior,
-            "chosen_symmetry": choice.symmetry.name,
-            "inverted": bool(choice.invert),
+            **choice.details(),
         },
         method="ciphertext-only",
     )

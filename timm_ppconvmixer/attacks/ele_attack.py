@@ -138,17 +138,7 @@ def recover_ele_key(
         },
         timings={"positions": t1 - t0, "jigsaw": t2 - t1, "prior": t3 - t2, "total": t3 - t0},
         ambiguities=ambiguities,
-        details={
-            "images": n_img,
-            "blocks_per_image": n,
-            "transforms_per_piece": group.size,
-            "clusters_before_filling": sol.clusters,
-            "blank_pieces": sol.blank_pieces,
-            "layout_cost": sol.cost,
-            "prior": choice.prior,
-            "chosen_symmetry": choice.symmetry.name,
-            "inverted": bool(choice.invert),
-        },
+        details={"images": n_img, "blocks_per_image": n, **sol.details(group), **choice.details()},
         method="ciphertext-only (ELE per-position halves + oriented jigsaw)",
         scheme="ele",
     )

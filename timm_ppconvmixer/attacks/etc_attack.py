@@ -158,17 +158,7 @@ def recover_etc_key(
         confidence={"block_perm": sol.confidence, "transforms": sol.transform_margin},
         timings=timings,
         ambiguities=ambiguities,
-        details={
-            "images": n_img,
-            "blocks_per_image": n,
-            "group_size": group.size,
-            "clusters_before_filling": sol.clusters,
-            "blank_pieces": sol.blank_pieces,
-            "layout_cost": sol.cost,
-            "prior": choice.prior,
-            "chosen_symmetry": choice.symmetry.name,
-            "inverted": bool(choice.invert),
-        },
+        details={"images": n_img, "blocks_per_image": n, **sol.details(group), **choice.details()},
         method="extended-jigsaw",
         scheme="etc",
     )

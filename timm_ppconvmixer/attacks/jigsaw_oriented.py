@@ -67,6 +67,15 @@ class OrientedSolution:
     clusters: int
     notes: list[str] = field(default_factory=list)
 
+    def details(self, group: PieceGroup) -> dict[str, int | float]:
+        """What an attack result's ``details`` report of the solution (key-free)."""
+        return {
+            "group_size": group.size,
+            "clusters_before_filling": self.clusters,
+            "blank_pieces": self.blank_pieces,
+            "layout_cost": self.cost,
+        }
+
 
 def _pair_cost(costs, group, q, tq, p, tp, s) -> float:
     """Cost of ``p`` (transform ``tp``) in direction ``s`` of ``q`` (transform ``tq``)."""

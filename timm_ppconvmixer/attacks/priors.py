@@ -47,6 +47,14 @@ class OrientationChoice:
     prior: str
     unresolved: list[str] = field(default_factory=list)
 
+    def details(self) -> dict[str, str | bool]:
+        """What an attack result's ``details`` report of the choice (key-free)."""
+        return {
+            "prior": self.prior,
+            "chosen_symmetry": self.symmetry.name,
+            "inverted": bool(self.invert),
+        }
+
     def ambiguity(self, only: tuple[str, ...] | None = None) -> list[str]:
         """The attack result's line for what the prior left undecided (``only``: of these
         kinds, for a scheme where the others cannot arise); empty when it decided all."""
