@@ -374,11 +374,12 @@ def run(
             def save(new_rows, others=others, kept=kept, runs_file=runs_file):
                 _write_atomic(runs_file, json.dumps(others + kept + new_rows, indent=1))
 
+            # every row it returns is one of ``todo`` (its N are ``wanted``), and it has saved
+            # them after its last run
             new_rows = run_scheme_setting(
                 scheme, setting, data[setting], keys, out, done=have, save=save
             )
-            mine = others + kept + [r for r in new_rows if (r["key_seed"], r["N"]) in todo]
-            save([r for r in new_rows if (r["key_seed"], r["N"]) in todo])
+            mine = others + kept + new_rows
         rows += mine
     table = aggregate(rows)
     cross = summary(table, table1_top1(table1))

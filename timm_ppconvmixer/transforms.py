@@ -20,7 +20,12 @@ from timm.data.transforms import MaybePILToTensor, MaybeToTensor, ToNumpy
 from torchvision import transforms as T
 
 from .cipher import decrypt, encrypt, encrypt_hwc_to_chw, hwc_encryptor
-from .images import DEFAULT_INTERPOLATION, KeyImageMode, mode_for_channels, timm_crop_mode
+from .images import (
+    DEFAULT_INTERPOLATION,
+    IMAGE_MODES,
+    KeyImageMode,
+    timm_crop_mode,
+)
 from .key import SchemeKey
 
 __all__ = [
@@ -80,7 +85,7 @@ class EncryptToTensor:
     def __init__(self, key: SchemeKey, scale: bool = True) -> None:
         self.key = key
         self.scale = scale
-        self._mode = mode_for_channels(key.channels) if key.channels in (1, 3) else None
+        self._mode = IMAGE_MODES.get(key.channels)  # None: no PIL mode (the cipher's error)
         self._size = (key.image_size[1], key.image_size[0])  # PIL's (W, H)
 
     def __call__(self, img: Any) -> torch.Tensor:
