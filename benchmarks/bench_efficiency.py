@@ -4,12 +4,15 @@
 2. Models: the training step (forward, backward, AdamW) of the demo model
    ``ppconvmixer_256_8_fmnist`` (1x28x28, block 4, batch 128 as in the demo) and of
    ``ppconvmixer_512_16`` (224/16, a small batch), each beside timm's ``ConvMixer`` of the same
-   shape (the peer, no P), timed in alternation. FLOPs are counted analytically: 2 x MACs
-   forward, and the backward's two products (input gradient, weight gradient) of every conv /
-   linear / P, 2 x MACs each; the first conv has no input gradient. A depthwise conv's backward
-   is depthwise too: torch's ``FlopCounterMode`` counts it as a dense one, so its training count
-   is reported beside ours, and its forward count must equal ours (checked).
-3. Levers on the demo model's step: channels_last, ``torch.compile`` (which also fuses GELU,
+   shape (the peer, no P) as timm ships it and with our depthwise backward
+   (``timm_ppconvmixer.depthwise``, like for like), timed in alternation. FLOPs are counted
+   analytically: 2 x MACs forward, and the backward's two products (input gradient, weight
+   gradient) of every conv / linear / P, 2 x MACs each; the first conv has no input gradient.
+   A depthwise conv's backward is depthwise too: torch's ``FlopCounterMode`` counts it as a
+   dense one, so its training count is reported beside ours, and its forward count must equal
+   ours (checked).
+3. Levers on the demo model's step: channels_last, the depthwise input gradient as a forward
+   convolution (against nn.Conv2d's backward), ``torch.compile`` (which also fuses GELU,
    BatchNorm and the residual add into one loop; the convolutions stay oneDNN's), threads.
 4. The data loader's share of the step in the demo's real pipeline (the encrypted Fashion-MNIST
    saved with ``save_to_disk``, PNG per image): per-sample decoding with 0 or 1 workers against
@@ -38,6 +41,7 @@ from timm.models.convmixer import ConvMixer
 from torch import nn
 
 import timm_ppconvmixer  # noqa: F401
+from timm_ppconvmixer.depthwise import use_depthwise_backward
 from timm_ppconvmixer.permutation import AdaptivePermutation
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -115,12 +119,25 @@ def counter_flops(model: nn.Module, x: torch.Tensor) -> dict:
     }
 
 
-def build(shape: str, ours: bool) -> nn.Module:
+def build(shape: str, ours: bool, depthwise_backward: bool | None = None) -> nn.Module:
+    """Our model, or timm's ``ConvMixer`` of the same shape as timm ships it.
+    ``depthwise_backward`` switches the flipped-kernel depthwise input gradient
+    (``timm_ppconvmixer.depthwise``) on or off, for either; ``None`` keeps the model's own."""
     spec = SHAPES[shape]
     torch.manual_seed(0)
     if ours:
-        return timm.create_model(spec["ours"], num_classes=10)
-    return ConvMixer(num_classes=10, **spec["peer"])
+        model = timm.create_model(spec["ours"], num_classes=10)
+    else:
+        model = ConvMixer(num_classes=10, **spec["peer"])
+    if depthwise_backward is not None:
+        use_depthwise_backward(model, depthwise_backward)
+    return model
+
+
+# the step variants of each shape: (ours, depthwise_backward). "peer" is timm's ConvMixer as timm
+# ships it (the goal's comparison); "peerdw" is the same with our depthwise backward, so that
+# ours / peerdw is P's own cost, like for like.
+VARIANTS = {"ours": (True, None), "peer": (False, None), "peerdw": (False, True)}
 
 
 def make_step(model, batch, input_size, channels_last=False, compile_=False, threads=None):
@@ -157,21 +174,21 @@ def bench_models(peak: float, repeats: int, batch_large: int) -> dict:
         x = torch.randn(batch, *spec["input"])
         flops = {}
         for name, ours in (("ours", True), ("peer", False)):
-            model = build(shape, ours)
+            model = build(shape, ours)  # the peerdw variant has the peer's FLOPs
             flops[name] = {**analytic_flops(model, x), **counter_flops(model, x)}
             diff = abs(flops[name]["flopcounter_forward_gflop"] - flops[name]["forward_gflop"])
             if diff > 1e-3 * flops[name]["forward_gflop"]:
                 raise AssertionError(f"{shape}/{name}: analytic forward FLOPs differ: {flops}")
         steps = {
-            f"{name}_{fmt}": make_step(build(shape, ours), batch, spec["input"], fmt == "cl")
+            f"{name}_{fmt}": make_step(build(shape, *how), batch, spec["input"], fmt == "cl")
             for fmt in ("cl", "nchw")
-            for name, ours in (("ours", True), ("peer", False))
+            for name, how in VARIANTS.items()
         }
         med = interleaved_medians(steps, repeats, warmup=1)
         rows = {}
         for key, seconds in med.items():
             name = key.split("_")[0]
-            rate = flops[name]["train_gflop"] / seconds
+            rate = flops["ours" if name == "ours" else "peer"]["train_gflop"] / seconds
             rows[key] = {
                 "step_s": seconds,
                 "images_per_s": batch / seconds,
@@ -187,6 +204,8 @@ def bench_models(peak: float, repeats: int, batch_large: int) -> dict:
             "steps": rows,
             "ours_over_peer_time_cl": med["ours_cl"] / med["peer_cl"],
             "ours_over_peer_time_nchw": med["ours_nchw"] / med["peer_nchw"],
+            "ours_over_peerdw_time_cl": med["ours_cl"] / med["peerdw_cl"],
+            "ours_over_peerdw_time_nchw": med["ours_nchw"] / med["peerdw_nchw"],
         }
     return out
 
@@ -197,6 +216,10 @@ def bench_levers(peak: float, repeats: int, compile_: bool) -> dict:
     variants = {
         "baseline (NCHW, eager, all threads)": dict(),
         "channels_last": dict(channels_last=True),
+        "NCHW, nn.Conv2d's depthwise backward": dict(depthwise_backward=False),
+        "channels_last, nn.Conv2d's depthwise backward": dict(
+            channels_last=True, depthwise_backward=False
+        ),
         "channels_last, 1 thread": dict(channels_last=True, threads=1),
         "NCHW, 1 thread": dict(threads=1),
     }
@@ -206,7 +229,8 @@ def bench_levers(peak: float, repeats: int, compile_: bool) -> dict:
         variants["torch.compile, channels_last"] = dict(compile_=True, channels_last=True)
     steps = {}
     for name, kw in variants.items():
-        steps[name] = make_step(build("demo", True), 128, spec["input"], **kw)
+        model = build("demo", True, kw.pop("depthwise_backward", None))
+        steps[name] = make_step(model, 128, spec["input"], **kw)
         if kw.get("compile_"):
             start = time.perf_counter()
             steps[name]()  # compiles
@@ -351,11 +375,16 @@ def print_table(result: dict) -> None:
                 f"  {k:<12}{row['step_s']:>9.3f}{row['images_per_s']:>9.1f}"
                 f"{row['gflops']:>9.1f}{100 * row['share_of_peak']:>8.1f}%"
             )
-        print(f"  ours / peer time: {r['ours_over_peer_time_cl']:.3f} (channels_last)")
+        for fmt in ("cl", "nchw"):
+            print(
+                f"  ours / peer time ({fmt}): {r[f'ours_over_peer_time_{fmt}']:.3f} against timm's"
+                f" ConvMixer, {r[f'ours_over_peerdw_time_{fmt}']:.3f} against it with our"
+                " depthwise backward"
+            )
     print("\nlevers, demo model step (batch 128)")
     for name, row in result["levers"].items():
         print(
-            f"  {name:<42}{row['step_s']:>8.3f} s  x{row['speedup_vs_baseline']:.2f}"
+            f"  {name:<48}{row['step_s']:>8.3f} s  x{row['speedup_vs_baseline']:.2f}"
             f"  {100 * row['share_of_peak']:.1f}% of peak"
         )
     lo = result["loader"]

@@ -6,7 +6,11 @@ patch embedding conv, activation and BatchNorm), so every method inherited from 
 ``ConvMixer`` (``forward_features``, ``forward_intermediates``, ``prune_intermediate_layers``,
 grad checkpointing, ``group_matcher``, which puts P with the stem) runs P in its place with no
 copied code. With ``permutation=False`` the model is exactly timm's ConvMixer: same modules, same
-state dict, Eq. (3) parameters; with P it has Eq. (4) parameters.
+state dict, same initialisation, Eq. (3) parameters; with P it has Eq. (4) parameters. The one
+difference is speed: each block's depthwise convolution is a
+:class:`~timm_ppconvmixer.depthwise.DepthwiseConv2d` (an ``nn.Conv2d`` sharing its parameters)
+whose CPU input gradient is a forward convolution with the flipped kernel, faster than
+oneDNN's transposed one, with the same gradients up to float rounding.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from timm.layers import to_2tuple
 from timm.models.convmixer import ConvMixer
 from torch import nn
 
+from .depthwise import use_depthwise_backward
 from .permutation import AdaptivePermutation, HardPermutation
 
 __all__ = ["PPConvMixer"]
@@ -110,6 +115,7 @@ class PPConvMixer(ConvMixer):
                 "encryption every patch must be exactly one block"
             )
         self.grid_size = (h // patch_size, w // patch_size)
+        use_depthwise_backward(self.blocks)
         if permutation:
             self.stem.append(
                 AdaptivePermutation(
