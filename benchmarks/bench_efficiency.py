@@ -11,8 +11,8 @@
    A depthwise conv's backward is depthwise too: torch's ``FlopCounterMode`` counts it as a
    dense one, so its training count is reported beside ours, and its forward count must equal
    ours (checked).
-3. Levers on the demo model's step: channels_last, the depthwise input gradient as a forward
-   convolution (against nn.Conv2d's backward), ``torch.compile`` (which also fuses GELU,
+3. Levers on the demo model's step: channels_last, the depthwise gradients as forward
+   convolutions (against nn.Conv2d's backward), ``torch.compile`` (which also fuses GELU,
    BatchNorm and the residual add into one loop; the convolutions stay oneDNN's), threads.
 4. The data loader's share of the step in the demo's real pipeline (the encrypted Fashion-MNIST
    saved with ``save_to_disk``, PNG per image): per-sample decoding with 0 or 1 workers against
@@ -121,7 +121,7 @@ def counter_flops(model: nn.Module, x: torch.Tensor) -> dict:
 
 def build(shape: str, ours: bool, depthwise_backward: bool | None = None) -> nn.Module:
     """Our model, or timm's ``ConvMixer`` of the same shape as timm ships it.
-    ``depthwise_backward`` switches the flipped-kernel depthwise input gradient
+    ``depthwise_backward`` switches the depthwise gradients as forward convolutions
     (``timm_ppconvmixer.depthwise``) on or off, for either; ``None`` keeps the model's own."""
     spec = SHAPES[shape]
     torch.manual_seed(0)

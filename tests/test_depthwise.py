@@ -12,7 +12,7 @@ from torch import nn
 from timm_ppconvmixer import PPConvMixer
 from timm_ppconvmixer.depthwise import DepthwiseConv2d, use_depthwise_backward
 
-FAST = "_DepthwiseConvFlippedBackwardBackward"
+FAST = "_DepthwiseConvForwardBackwardBackward"
 
 
 def pair(channels, kernel, padding="same", dtype=torch.float64, **kwargs):
@@ -95,7 +95,7 @@ def test_double_backward():
     _, fast = pair(3, 3)
     x = torch.randn(2, 3, 5, 5, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradgradcheck(
-        lambda x, w, b: fast._forward_flipped_backward(x), (x, fast.weight, fast.bias)
+        lambda x, w, b: fast._forward_conv_gradients(x), (x, fast.weight, fast.bias)
     )
 
 

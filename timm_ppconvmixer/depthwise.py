@@ -1,13 +1,18 @@
 """ConvMixer's depthwise convolution with a faster CPU backward; the same function and
 parameters as ``nn.Conv2d(dim, dim, k, groups=dim, padding="same")``.
 
-On CPU, oneDNN computes a depthwise convolution's input gradient (a transposed convolution)
-several times slower than the forward convolution, although for stride 1, dilation 1 and an
-odd kernel with "same" padding the two are the same operation with the kernel turned by 180
-degrees: ``dL/dx = conv2d(dL/dy, flip(w))``. :class:`DepthwiseConv2d` computes it that way on
-CPU and leaves the weight and bias gradients to the usual kernels, so its forward is
-``nn.Conv2d``'s, its gradients equal ``nn.Conv2d``'s up to float rounding (another order of
-summation), and its state dict, ``isinstance`` and every timm tool are those of a
+On CPU, oneDNN runs a depthwise convolution's forward fast, but its backward several times
+(input gradient) to twenty times (weight gradient, at 14x14 maps) slower, although for stride 1,
+dilation 1 and an odd kernel with "same" padding both gradients are forward depthwise
+convolutions themselves:
+
+* ``dL/dx = conv2d(dL/dy, flip(w))``, the kernel turned by 180 degrees;
+* ``dL/dw``: the ``b * c`` planes of ``x`` as one image, convolved with the planes of ``dL/dy``
+  as kernels (a ``k x k`` output each), summed over the batch.
+
+:class:`DepthwiseConv2d` computes them that way on CPU and the bias gradient as one sum, so its
+forward is ``nn.Conv2d``'s, its gradients equal ``nn.Conv2d``'s up to float rounding (another
+order of summation), and its state dict, ``isinstance`` and every timm tool are those of a
 ``nn.Conv2d``. On other devices, for other shapes, under autocast, while scripting or
 tracing, or where no gradient flows to the input, it is ``nn.Conv2d`` itself.
 ``benchmarks/bench_efficiency.py`` measures what it saves.
@@ -20,10 +25,27 @@ from torch import nn
 __all__ = ["DepthwiseConv2d", "use_depthwise_backward"]
 
 
-class _DepthwiseConvFlippedBackward(torch.autograd.Function):
-    """Depthwise conv2d (stride 1, dilation 1, odd kernel, symmetric padding ``k // 2``)
-    whose input gradient is the forward convolution of the output gradient with the flipped
-    kernel. The backward is built from differentiable ops, so double backward works."""
+def _weight_grad_by_forward_conv(x: torch.Tensor, grad: torch.Tensor, pad: int) -> torch.Tensor:
+    """``dL/dw[c, 0, i, j] = sum_{b, p} x_pad[b, c, p + (i, j)] * grad[b, c, p]``: one depthwise
+    forward convolution of the ``b * c`` planes of ``x``, taken as one image, with the planes of
+    ``grad`` as its kernels (output ``k x k``), then summed over the batch."""
+    b, c, h, w = x.shape
+    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        # keep channels innermost: memory (h, w, b, c), a copy of c-long runs, no transpose
+        planes = x.permute(2, 3, 0, 1).reshape(1, h, w, b * c).permute(0, 3, 1, 2)
+    else:
+        planes = x.reshape(1, b * c, h, w)
+    kernels = grad.reshape(b * c, 1, h, w)
+    out = F.conv2d(planes, kernels, None, 1, pad, 1, b * c)
+    return out.view(b, c, 1, 2 * pad + 1, 2 * pad + 1).sum(0)
+
+
+class _DepthwiseConvForwardBackward(torch.autograd.Function):
+    """Depthwise conv2d (stride 1, dilation 1, odd kernel, symmetric padding ``k // 2``) whose
+    backward is two forward depthwise convolutions: the input gradient convolves the output
+    gradient with the flipped kernel, the weight gradient is
+    :func:`_weight_grad_by_forward_conv`. Built from differentiable ops, so double backward
+    works."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, padding: int):
@@ -35,43 +57,37 @@ class _DepthwiseConvFlippedBackward(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         x, weight = ctx.saved_tensors
-        groups, pad = weight.shape[0], ctx.padding
+        pad = ctx.padding
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
-            grad_x = F.conv2d(grad, weight.flip(-1, -2), None, 1, pad, 1, groups)
+            grad_x = F.conv2d(grad, weight.flip(-1, -2), None, 1, pad, 1, weight.shape[0])
         if ctx.needs_input_grad[1]:
-            # the weight gradient alone: asking oneDNN for the input gradient beside it is
-            # what is slow, and the bias gradient is one sum
-            stride = dilation = [1, 1]
-            grad_w = torch.ops.aten.convolution_backward(
-                grad, x, weight, None, stride, [pad, pad], dilation, False, [0, 0], groups,
-                [False, True, False],
-            )[1]  # fmt: skip
+            grad_w = _weight_grad_by_forward_conv(x, grad, pad)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = grad.sum((0, 2, 3))
         return grad_x, grad_w, grad_b, None
 
 
 class DepthwiseConv2d(nn.Conv2d):
-    """``nn.Conv2d`` for ConvMixer's depthwise convolution, with the input gradient computed as
-    a forward convolution on CPU (see the module docstring). ``flipped_backward = False`` (or
+    """``nn.Conv2d`` for ConvMixer's depthwise convolution, with its gradients computed as
+    forward convolutions on CPU (see the module docstring). ``conv_gradients = False`` (or
     :func:`use_depthwise_backward` with ``enable=False``) makes it compute gradients exactly as
     ``nn.Conv2d`` does."""
 
-    flipped_backward: bool = True
+    conv_gradients: bool = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not torch.jit.is_scripting() and self._flipped_backward_applies(x):
-            return self._forward_flipped_backward(x)
+        if not torch.jit.is_scripting() and self._conv_gradients_applies(x):
+            return self._forward_conv_gradients(x)
         return self._conv_forward(x, self.weight, self.bias)
 
     @torch.jit.unused
-    def _flipped_backward_applies(self, x: torch.Tensor) -> bool:
+    def _conv_gradients_applies(self, x: torch.Tensor) -> bool:
         k_h, k_w = self.kernel_size
         if torch.jit.is_tracing() or _fx_tracing():  # before x is read: it may be a proxy
             return False
         return (
-            self.flipped_backward
+            self.conv_gradients
             and x.device.type == "cpu"
             and torch.is_grad_enabled()
             and x.requires_grad
@@ -88,8 +104,8 @@ class DepthwiseConv2d(nn.Conv2d):
         )
 
     @torch.jit.unused
-    def _forward_flipped_backward(self, x: torch.Tensor) -> torch.Tensor:
-        return _DepthwiseConvFlippedBackward.apply(
+    def _forward_conv_gradients(self, x: torch.Tensor) -> torch.Tensor:
+        return _DepthwiseConvForwardBackward.apply(
             x, self.weight, self.bias, self.kernel_size[0] // 2
         )
 
@@ -133,8 +149,8 @@ def _fx_tracing() -> bool:
 
 
 def use_depthwise_backward(module: nn.Module, enable: bool = True) -> None:
-    """Make every depthwise convolution under ``module`` compute its CPU input gradient as a
-    forward convolution (``enable``), or exactly as ``nn.Conv2d`` does (``enable=False``).
+    """Make every depthwise convolution under ``module`` compute its CPU gradients as forward
+    convolutions (``enable``), or exactly as ``nn.Conv2d`` does (``enable=False``).
 
     Enabling replaces each depthwise ``nn.Conv2d`` (``groups == in_channels == out_channels >
     1``) by a :class:`DepthwiseConv2d` that shares its parameters; the state dict is unchanged.
@@ -142,7 +158,7 @@ def use_depthwise_backward(module: nn.Module, enable: bool = True) -> None:
     applies it to timm's ``ConvMixer`` for a like-for-like comparison."""
     for parent in list(module.modules()):
         if isinstance(parent, DepthwiseConv2d):
-            parent.flipped_backward = enable
+            parent.conv_gradients = enable
         for name, child in list(parent.named_children()):
             if (
                 enable
