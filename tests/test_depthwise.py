@@ -1,5 +1,5 @@
-"""DepthwiseConv2d: nn.Conv2d's function and parameters, with the CPU input gradient computed as
-a forward convolution with the flipped kernel (timm_ppconvmixer/depthwise.py)."""
+"""DepthwiseConv2d: nn.Conv2d's function and parameters, with the CPU gradients computed as
+forward depthwise convolutions (timm_ppconvmixer/depthwise.py)."""
 
 import copy
 
@@ -97,6 +97,60 @@ def test_double_backward():
     assert torch.autograd.gradgradcheck(
         lambda x, w, b: fast._forward_conv_gradients(x), (x, fast.weight, fast.bias)
     )
+
+
+@pytest.mark.parametrize(
+    "dtype, batch",
+    [(torch.complex128, 2), (torch.bfloat16, 2), (torch.float64, 0)],
+    ids=["complex", "bfloat16", "empty-batch"],
+)
+def test_other_dtypes_and_an_empty_batch_compute_as_nn_conv2d(dtype, batch):
+    plain, fast = pair(4, 3, dtype=dtype)
+    x = torch.randn(batch, 4, 6, 6, dtype=dtype)
+    assert type(fast(x.detach().requires_grad_()).grad_fn).__name__ != FAST
+    grad = torch.randn(batch, 4, 6, 6, dtype=dtype)
+    for g, w in zip(forward_backward(fast, x, grad), forward_backward(plain, x, grad), strict=True):
+        torch.testing.assert_close(g, w, rtol=0, atol=0)
+
+
+def test_forward_mode_ad_and_batched_gradients():
+    from timm_ppconvmixer.depthwise import _DepthwiseConvForwardBackward
+
+    _, fast = pair(3, 3)
+    x = torch.randn(2, 3, 5, 4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(
+        lambda x, w, b: _DepthwiseConvForwardBackward.apply(x, w, b, 1),
+        (x, fast.weight, fast.bias),
+        check_forward_ad=True,
+        check_batched_grad=True,
+    )
+
+
+def test_torch_func_transforms_match_timms_convmixer():
+    from torch.func import functional_call, grad, jvp, vmap
+
+    args = dict(dim=16, depth=1, kernel_size=3, patch_size=4, num_classes=5)
+    torch.manual_seed(0)
+    ours = PPConvMixer(**args, img_size=8, permutation=False).eval()
+    theirs = ConvMixer(**args).eval()
+    theirs.load_state_dict(ours.state_dict())
+    x, y = torch.randn(3, 3, 8, 8), torch.randint(0, 5, (3,))
+    results = []
+    for model in (ours, theirs):
+        params = {k: v.detach() for k, v in model.named_parameters()}
+        buffers = dict(model.named_buffers())
+
+        def loss(p, xx, yy, model=model, buffers=buffers):
+            return F.cross_entropy(functional_call(model, (p, buffers), (xx,)), yy)
+
+        per_sample = vmap(grad(lambda p, xx, yy: loss(p, xx[None], yy[None])), (None, 0, 0))
+        tangent = jvp(model, (x,), (torch.ones_like(x),))[1]
+        results.append((grad(loss)(params, x, y), per_sample(params, x, y), tangent))
+    (g_ours, ps_ours, t_ours), (g_timm, ps_timm, t_timm) = results
+    for name in g_ours:
+        torch.testing.assert_close(g_ours[name], g_timm[name], rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(ps_ours[name], ps_timm[name], rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(t_ours, t_timm, rtol=1e-4, atol=1e-5)
 
 
 def test_ppconvmixer_is_timms_convmixer_in_training():

@@ -13,8 +13,9 @@ convolutions themselves:
 :class:`DepthwiseConv2d` computes them that way on CPU and the bias gradient as one sum, so its
 forward is ``nn.Conv2d``'s, its gradients equal ``nn.Conv2d``'s up to float rounding (another
 order of summation), and its state dict, ``isinstance`` and every timm tool are those of a
-``nn.Conv2d``. On other devices, for other shapes, under autocast, while scripting or
-tracing, or where no gradient flows to the input, it is ``nn.Conv2d`` itself.
+``nn.Conv2d``. On other devices, for other shapes, dtypes other than float32 and float64,
+under autocast, while scripting or tracing, or where no gradient flows to the input, it is
+``nn.Conv2d`` itself; ``torch.func`` transforms and forward-mode AD work as with ``nn.Conv2d``.
 ``benchmarks/bench_efficiency.py`` measures what it saves.
 """
 
@@ -45,14 +46,39 @@ class _DepthwiseConvForwardBackward(torch.autograd.Function):
     backward is two forward depthwise convolutions: the input gradient convolves the output
     gradient with the flipped kernel, the weight gradient is
     :func:`_weight_grad_by_forward_conv`. Built from differentiable ops, so double backward
-    works."""
+    works; ``setup_context``, a generated vmap rule and ``jvp`` make ``torch.func`` (per-sample
+    gradients, ``jvp``, ``hessian``) and forward-mode AD work as with ``nn.Conv2d``."""
+
+    generate_vmap_rule = True
 
     @staticmethod
-    def forward(ctx, x, weight, bias, padding: int):
+    def forward(x, weight, bias, padding: int):
+        return F.conv2d(x, weight, bias, 1, padding, 1, weight.shape[0])
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, weight, bias, padding = inputs
         ctx.save_for_backward(x, weight)
+        ctx.save_for_forward(x, weight)
         ctx.padding = padding
         ctx.has_bias = bias is not None
-        return F.conv2d(x, weight, bias, 1, padding, 1, weight.shape[0])
+
+    @staticmethod
+    def jvp(ctx, x_t, weight_t, bias_t, _):
+        """The convolution is bilinear in (x, w): d(x * w) = dx * w + x * dw, plus db."""
+        x, weight = ctx.saved_tensors
+        pad, groups = ctx.padding, weight.shape[0]
+        out = None
+        if x_t is not None:
+            out = F.conv2d(x_t, weight, None, 1, pad, 1, groups)
+        if weight_t is not None:
+            term = F.conv2d(x, weight_t, None, 1, pad, 1, groups)
+            out = term if out is None else out + term
+        if bias_t is not None:
+            term = bias_t.view(1, -1, 1, 1)
+            shape = (x.shape[0], -1, x.shape[2], x.shape[3])
+            out = term.expand(shape).clone() if out is None else out + term
+        return out
 
     @staticmethod
     def backward(ctx, grad):
@@ -92,6 +118,10 @@ class DepthwiseConv2d(nn.Conv2d):
             and torch.is_grad_enabled()
             and x.requires_grad
             and x.dim() == 4
+            and x.shape[0] > 0  # groups = b * c in the weight gradient
+            # real float32/float64 only: no conjugation here (complex), and half precision
+            # would round each image's k x k term before the batch sum
+            and x.dtype in (torch.float32, torch.float64)
             and x.dtype == self.weight.dtype
             and not _autocast_enabled("cpu")  # autocast casts in forward, not in our backward
             and self.groups == self.in_channels == self.out_channels
@@ -153,7 +183,9 @@ def use_depthwise_backward(module: nn.Module, enable: bool = True) -> None:
     convolutions (``enable``), or exactly as ``nn.Conv2d`` does (``enable=False``).
 
     Enabling replaces each depthwise ``nn.Conv2d`` (``groups == in_channels == out_channels >
-    1``) by a :class:`DepthwiseConv2d` that shares its parameters; the state dict is unchanged.
+    1``) among the submodules of ``module`` (at any depth; ``module`` itself, having no parent
+    here, is not replaced: use :meth:`DepthwiseConv2d.from_conv` for a lone convolution) by a
+    :class:`DepthwiseConv2d` that shares its parameters; the state dict is unchanged.
     PPConvMixer does this for its blocks at construction; ``benchmarks/bench_efficiency.py``
     applies it to timm's ``ConvMixer`` for a like-for-like comparison."""
     for parent in list(module.modules()):
