@@ -8,6 +8,7 @@ import inspect
 
 import pytest
 import timm
+import torch
 import yaml
 from huggingface_hub import (
     DatasetCard,
@@ -23,6 +24,7 @@ import timm_ppconvmixer  # noqa: F401  (registers the models with timm)
 from timm_ppconvmixer import BlockKey
 from timm_ppconvmixer.hub import (
     METRIC_LABELS,
+    TAGS,
     dataset_card,
     fingerprint_from_card,
     model_card,
@@ -125,3 +127,18 @@ def test_dataset_card_round_trips_with_its_facts_under_one_documented_key(key):
     assert DatasetCardData(**meta).to_dict() == meta
     assert fingerprint_from_card(str(DatasetCard(str(card)))) == key.fingerprint
     assert card.data.task_categories == ["image-classification"]
+
+
+@pytest.mark.parametrize(
+    "name, tags",
+    [
+        ("ppconvmixer_256_8", ["convmixer"]),
+        ("shakedrop_pyramidnet20_a48", ["pyramidnet", "shakedrop"]),
+        ("adaptnet_le_shakedrop_pyramidnet20_a48", ["pyramidnet", "shakedrop", "adaptnet"]),
+    ],
+)
+def test_card_tags_name_the_architecture_family(name, tags):
+    torch.manual_seed(0)
+    model = timm.create_model(name, num_classes=3).eval()
+    meta_tags = front_matter(model_card(model))["tags"]
+    assert meta_tags[: len(TAGS)] == TAGS and meta_tags[len(TAGS) :] == tags

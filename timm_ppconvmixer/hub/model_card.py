@@ -32,7 +32,9 @@ __all__ = [
     "results_section",
 ]
 
-TAGS = ["timm", "image-classification", "privacy-preserving", "block-wise-encryption", "convmixer"]
+TAGS = ["timm", "image-classification", "privacy-preserving", "block-wise-encryption"]
+# added to TAGS by the card's architecture family (and "adaptnet" where an AdaptNet is in front)
+FAMILY_TAGS = {"convmixer": ["convmixer"], "pyramidnet": ["pyramidnet", "shakedrop"]}
 # Top-1 accuracies as recipes/train.py measures them (fractions in [0, 1]), and what each means.
 METRIC_LABELS = {
     "top1_key": "test images encrypted with this model's key",
@@ -227,12 +229,20 @@ def model_index(name: str, metrics: dict, dataset: dict) -> list[dict]:
     ]
 
 
-def _yaml_front_matter(name: str, license: str, metrics: dict, dataset: dict | None) -> str:
+def card_tags(arch: dict) -> list[str]:
+    """The card's Hub tags: :data:`TAGS`, then the architecture family's."""
+    adaptnet = ["adaptnet"] if arch.get("adaptnet") else []
+    return TAGS + FAMILY_TAGS[arch["family"]] + adaptnet
+
+
+def _yaml_front_matter(
+    name: str, license: str, metrics: dict, dataset: dict | None, tags: list[str]
+) -> str:
     meta: dict[str, Any] = {
         "library_name": "timm",
         "pipeline_tag": "image-classification",
         "license": license,
-        "tags": TAGS,
+        "tags": tags,
     }
     if dataset is not None:
         meta["datasets"] = [dataset["id"]]
@@ -496,7 +506,7 @@ def model_card(
     hub_id = repo_id or f"<namespace>/{name}"
     return "\n".join(
         [
-            _yaml_front_matter(name, license, values, data),
+            _yaml_front_matter(name, license, values, data, card_tags(arch)),
             _overview_section(name, arch, facts, notes),
             results_section(values, data),
             _usage_section(hub_id, facts, arch),
