@@ -22,8 +22,20 @@ under autocast, while scripting or tracing, or where no gradient flows to the in
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.fx import _symbolic_trace
 
 __all__ = ["DepthwiseConv2d", "use_depthwise_backward"]
+
+# True inside torch.fx symbolic tracing (timm's feature extraction), where the module must stay
+# an ordinary nn.Conv2d call. is_fx_tracing (older torch) is also true under torch.export, which
+# then takes nn.Conv2d's path. Resolved once: it is asked on every forward.
+_fx_tracing = getattr(_symbolic_trace, "is_fx_symbolic_tracing", _symbolic_trace.is_fx_tracing)
+
+
+def _depthwise(x: torch.Tensor, weight: torch.Tensor, bias, pad: int) -> torch.Tensor:
+    """Forward depthwise conv2d, stride 1, dilation 1, symmetric zero padding ``pad``; one group
+    per kernel."""
+    return F.conv2d(x, weight, bias, 1, pad, 1, weight.shape[0])
 
 
 def _weight_grad_by_forward_conv(x: torch.Tensor, grad: torch.Tensor, pad: int) -> torch.Tensor:
@@ -36,8 +48,7 @@ def _weight_grad_by_forward_conv(x: torch.Tensor, grad: torch.Tensor, pad: int) 
         planes = x.permute(2, 3, 0, 1).reshape(1, h, w, b * c).permute(0, 3, 1, 2)
     else:
         planes = x.reshape(1, b * c, h, w)
-    kernels = grad.reshape(b * c, 1, h, w)
-    out = F.conv2d(planes, kernels, None, 1, pad, 1, b * c)
+    out = _depthwise(planes, grad.reshape(b * c, 1, h, w), None, pad)
     return out.view(b, c, 1, 2 * pad + 1, 2 * pad + 1).sum(0)
 
 
@@ -53,7 +64,7 @@ class _DepthwiseConvForwardBackward(torch.autograd.Function):
 
     @staticmethod
     def forward(x, weight, bias, padding: int):
-        return F.conv2d(x, weight, bias, 1, padding, 1, weight.shape[0])
+        return _depthwise(x, weight, bias, padding)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -67,12 +78,12 @@ class _DepthwiseConvForwardBackward(torch.autograd.Function):
     def jvp(ctx, x_t, weight_t, bias_t, _):
         """The convolution is bilinear in (x, w): d(x * w) = dx * w + x * dw, plus db."""
         x, weight = ctx.saved_tensors
-        pad, groups = ctx.padding, weight.shape[0]
+        pad = ctx.padding
         out = None
         if x_t is not None:
-            out = F.conv2d(x_t, weight, None, 1, pad, 1, groups)
+            out = _depthwise(x_t, weight, None, pad)
         if weight_t is not None:
-            term = F.conv2d(x, weight_t, None, 1, pad, 1, groups)
+            term = _depthwise(x, weight_t, None, pad)
             out = term if out is None else out + term
         if bias_t is not None:
             term = bias_t.view(1, -1, 1, 1)
@@ -86,7 +97,7 @@ class _DepthwiseConvForwardBackward(torch.autograd.Function):
         pad = ctx.padding
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
-            grad_x = F.conv2d(grad, weight.flip(-1, -2), None, 1, pad, 1, weight.shape[0])
+            grad_x = _depthwise(grad, weight.flip(-1, -2), None, pad)
         if ctx.needs_input_grad[1]:
             grad_w = _weight_grad_by_forward_conv(x, grad, pad)
         if ctx.has_bias and ctx.needs_input_grad[2]:
@@ -167,15 +178,6 @@ def _autocast_enabled(device_type: str) -> bool:
         return torch.is_autocast_enabled(device_type)
     except TypeError:  # torch < 2.4 takes no device type
         return torch.is_autocast_cpu_enabled()
-
-
-def _fx_tracing() -> bool:
-    """True inside ``torch.fx`` symbolic tracing (timm's feature extraction), where the module
-    must stay an ordinary ``nn.Conv2d`` call."""
-    from torch.fx import _symbolic_trace as fx
-
-    # is_fx_tracing (older torch) is also true under torch.export, which then takes nn.Conv2d's
-    return getattr(fx, "is_fx_symbolic_tracing", fx.is_fx_tracing)()
 
 
 def use_depthwise_backward(module: nn.Module, enable: bool = True) -> None:

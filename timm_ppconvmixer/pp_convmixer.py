@@ -7,7 +7,7 @@ patch embedding conv, activation and BatchNorm), so every method inherited from 
 grad checkpointing, ``group_matcher``, which puts P with the stem) runs P in its place with no
 copied code. With ``permutation=False`` the model is exactly timm's ConvMixer: same modules, same
 state dict, same initialisation, Eq. (3) parameters; with P it has Eq. (4) parameters. The one
-difference is speed (and float rounding in the gradients): each block's depthwise convolution is a
+difference is speed: each block's depthwise convolution is a
 :class:`~timm_ppconvmixer.depthwise.DepthwiseConv2d` (an ``nn.Conv2d`` sharing its parameters)
 whose CPU gradients are computed as forward depthwise convolutions, several times faster than
 oneDNN's backward, and equal to ``nn.Conv2d``'s up to float rounding.

@@ -229,7 +229,7 @@ def model_index(name: str, metrics: dict, dataset: dict) -> list[dict]:
     ]
 
 
-def card_tags(arch: dict) -> list[str]:
+def _card_tags(arch: dict) -> list[str]:
     """The card's Hub tags: :data:`TAGS`, then the architecture family's."""
     adaptnet = ["adaptnet"] if arch.get("adaptnet") else []
     return TAGS + FAMILY_TAGS[arch["family"]] + adaptnet
@@ -506,7 +506,7 @@ def model_card(
     hub_id = repo_id or f"<namespace>/{name}"
     return "\n".join(
         [
-            _yaml_front_matter(name, license, values, data, card_tags(arch)),
+            _yaml_front_matter(name, license, values, data, _card_tags(arch)),
             _overview_section(name, arch, facts, notes),
             results_section(values, data),
             _usage_section(hub_id, facts, arch),
