@@ -5,7 +5,7 @@
    ``ppconvmixer_256_8_fmnist`` (1x28x28, block 4, batch 128 as in the demo) and of
    ``ppconvmixer_512_16`` (224/16, a small batch), each beside timm's ``ConvMixer`` of the same
    shape (the peer, no P) as timm ships it and with our depthwise backward
-   (``timm_ppconvmixer.depthwise``, like for like), timed in alternation. FLOPs are counted
+   (``timm_ppconvmixer.models.depthwise``, like for like), timed in alternation. FLOPs are counted
    analytically: 2 x MACs forward, and the backward's two products (input gradient, weight
    gradient) of every conv / linear / P, 2 x MACs each; the first conv has no input gradient.
    A depthwise conv's backward is depthwise too: torch's ``FlopCounterMode`` counts it as a
@@ -41,8 +41,8 @@ from timm.models.convmixer import ConvMixer
 from torch import nn
 
 import timm_ppconvmixer  # noqa: F401
-from timm_ppconvmixer.depthwise import use_depthwise_backward
-from timm_ppconvmixer.permutation import AdaptivePermutation
+from timm_ppconvmixer.models.depthwise import use_depthwise_backward
+from timm_ppconvmixer.models.permutation import AdaptivePermutation
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "recipes"))
@@ -122,7 +122,8 @@ def counter_flops(model: nn.Module, x: torch.Tensor) -> dict:
 def build(shape: str, ours: bool, depthwise_backward: bool | None = None) -> nn.Module:
     """Our model, or timm's ``ConvMixer`` of the same shape as timm ships it.
     ``depthwise_backward`` switches the depthwise gradients as forward convolutions
-    (``timm_ppconvmixer.depthwise``) on or off, for either; ``None`` keeps the model's own."""
+    (``timm_ppconvmixer.models.depthwise``) on or off, for either; ``None`` keeps the
+    model's own."""
     spec = SHAPES[shape]
     torch.manual_seed(0)
     if ours:

@@ -75,7 +75,7 @@ class WorkerPeak(threading.Thread):
 def child(src: str, dst: str, workers: int, size: int, block: int) -> None:
     """One encryption run in this (fresh) process; prints one JSON line."""
     from timm_ppconvmixer import BlockKey
-    from timm_ppconvmixer.folders import encrypt_folder
+    from timm_ppconvmixer.data.folders import encrypt_folder
 
     key = BlockKey.generate(size, block, channels=1, seed=0)
     mib = 1024.0  # ru_maxrss and VmHWM are in KiB on Linux

@@ -18,7 +18,7 @@ import torch
 from _timing import interleaved_medians
 
 import timm_ppconvmixer  # noqa: F401
-from timm_ppconvmixer.harden import harden_permutation
+from timm_ppconvmixer.keyed.harden import harden_permutation
 
 
 def main() -> None:

@@ -36,8 +36,8 @@ from timm_ppconvmixer.attacks import (
     score_images,
     score_key,
 )
-from timm_ppconvmixer.attacks.blocks import apply_symmetry, valid_symmetries
-from timm_ppconvmixer.attacks.scoring import psnr
+from timm_ppconvmixer.attacks.evaluation.scoring import psnr
+from timm_ppconvmixer.attacks.solvers.blocks import apply_symmetry, valid_symmetries
 from timm_ppconvmixer.data import fashion_mnist_arrays
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -72,7 +72,7 @@ def run(setting: str, ns: list[int], keys: int, cache: Path) -> list[dict]:
         test, test_labels = fashion_mnist_arrays("test")
         train, test = train[:, None], test[:, None]
         prior = ReferencePrior(test)
-        from timm_ppconvmixer.attacks.classifier import cached_classifier, top1
+        from timm_ppconvmixer.attacks.evaluation.classifier import cached_classifier, top1
 
         model = cached_classifier(cache / "classifier_28", test, test_labels)
     for seed in range(keys):

@@ -41,13 +41,13 @@ from timm.scheduler import CosineLRScheduler
 import timm_ppconvmixer  # noqa: F401  (registers the models)
 from timm_ppconvmixer import BlockKey, encrypt
 from timm_ppconvmixer.data import fashion_mnist_arrays
-from timm_ppconvmixer.permutation import (
+from timm_ppconvmixer.models.permutation import (
     AdaptivePermutation,
     block_order_of,
     block_order_recovery,
     grid_symmetries,
 )
-from timm_ppconvmixer.permutation_penalties import grid_adjacency
+from timm_ppconvmixer.models.permutation_penalties import grid_adjacency
 
 SIZE, BLOCK = 56, 4
 

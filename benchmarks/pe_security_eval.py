@@ -28,13 +28,13 @@ import numpy as np
 
 from timm_ppconvmixer import decrypt, encrypt
 from timm_ppconvmixer.attacks import GenericPrior, ReferencePrior, score_images
-from timm_ppconvmixer.attacks.classifier import cached_classifier, top1
-from timm_ppconvmixer.attacks.pe_attack import (
+from timm_ppconvmixer.attacks.ciphertext_only.pe import (
     recover_pe_key,
     recover_pe_per_image,
     score_pe_key,
     score_pe_reconstruction,
 )
+from timm_ppconvmixer.attacks.evaluation.classifier import cached_classifier, top1
 from timm_ppconvmixer.data import fashion_mnist_arrays
 from timm_ppconvmixer.schemes import generate_key, per_image_encryption
 

@@ -33,7 +33,7 @@ import torch
 
 import timm_ppconvmixer  # noqa: F401
 from timm_ppconvmixer import BlockKey
-from timm_ppconvmixer.convert import encrypt_model
+from timm_ppconvmixer.keyed.convert import encrypt_model
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "recipes"))

@@ -10,7 +10,7 @@ cosine schedule with a 5 % warm-up, ``--steps`` steps of batch 128 drawn in the 
 every row, no augmentation, cross-entropy (P's L_U and AdaptNet's L_U and L_s are implicit, in
 the backward pass, as timm's ``train.py`` applies them). Encryption is applied once to the uint8
 images with the row's scheme and a seeded key (``generate_key(scheme, seed=1000 + seed)``; with
-seed 0 that is the scheme's PUBLIC zoo key, ``timm_ppconvmixer.pretrained.zoo_key``); the
+seed 0 that is the scheme's PUBLIC zoo key, ``timm_ppconvmixer.keyed.pretrained.zoo_key``); the
 wrong key is the same scheme with seed ``2000 + seed``. ``pe-per-image`` draws a fresh key from
 the CSPRNG for every training and every test image (nothing to seed, nothing to keep), so it
 has no "wrong key": its column is empty. Every trained model is saved as a model folder
@@ -41,7 +41,7 @@ The zoo (``--zoo DIR``): the seed-0 model of every zoo row (``ZOO_ENTRIES``: all
 pe-per-image) is exported as a timm model folder ``DIR/<entry>`` (``model.safetensors``,
 ``config.json``, the ``README.md`` card of ``timm_ppconvmixer.hub.export``, ``metrics.json``),
 trained under its scheme's PUBLIC zoo key; ``--ship`` writes the small ConvMixer entries into
-the package instead (``timm_ppconvmixer/pretrained``, the ``ppconvmixer_128_8_fmnist.zoo_*``
+the package instead (``timm_ppconvmixer/keyed/pretrained``, the ``ppconvmixer_128_8_fmnist.zoo_*``
 tags). ``--reuse`` takes the models of an earlier run from ``<out>/trained`` instead of
 training them again (their numbers are measured again on the saved weights).
 
@@ -76,7 +76,12 @@ import timm_ppconvmixer  # noqa: F401  (registers the models)
 from timm_ppconvmixer import encrypt, hub
 from timm_ppconvmixer.atomic import atomic_write_bytes
 from timm_ppconvmixer.data import fashion_mnist_arrays
-from timm_ppconvmixer.pretrained import SHIPPED_ZOO, ZOO_KEY_SEED, generate_zoo_key, zoo_key_file
+from timm_ppconvmixer.keyed.pretrained import (
+    SHIPPED_ZOO,
+    ZOO_KEY_SEED,
+    generate_zoo_key,
+    zoo_key_file,
+)
 from timm_ppconvmixer.schemes import per_image_encryption
 
 SIZE, BLOCK, CHANNELS, CLASSES = 28, 4, 1, 10
@@ -422,7 +427,7 @@ def export_zoo_entry(row: dict, results: dict, zoo: Path, ship: bool) -> Path:
             f"The images were encrypted with the {scheme} zoo key "
             f'`generate_key("{scheme}", seed={ZOO_KEY_SEED + row["seed"]}, image_size=28, '
             f"block_size={key.block_size}, channels=1)`, shipped as "
-            f"`timm_ppconvmixer/pretrained/{zoo_key_file(scheme).name}`."
+            f"`timm_ppconvmixer/keyed/pretrained/{zoo_key_file(scheme).name}`."
         )
     s = results["settings"]
     recipe = (

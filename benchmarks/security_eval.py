@@ -52,7 +52,7 @@ from timm_ppconvmixer.attacks import (
     score_images,
     score_key,
 )
-from timm_ppconvmixer.attacks.classifier import cached_classifier, top1
+from timm_ppconvmixer.attacks.evaluation.classifier import cached_classifier, top1
 from timm_ppconvmixer.data import fashion_mnist_arrays
 
 SCORED_IMAGES = {"fmnist": 2000, "photo": 200}  # image metrics on the first images only
@@ -243,7 +243,7 @@ def demo_model_rows() -> dict:
 
     import timm_ppconvmixer
     from timm_ppconvmixer.attacks import block_order_from_p, shuffle_from_stem
-    from timm_ppconvmixer.attacks.blocks import SYMMETRIES, position_map
+    from timm_ppconvmixer.attacks.solvers.blocks import SYMMETRIES, position_map
 
     model = timm.create_model("ppconvmixer_256_8_fmnist.demo", pretrained=True).eval()
     key_path = Path(timm_ppconvmixer.__file__).parent / "pretrained" / "fmnist28_demo.PUBLIC.key"

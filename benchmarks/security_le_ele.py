@@ -24,9 +24,9 @@ import numpy as np
 
 from timm_ppconvmixer import decrypt, encrypt
 from timm_ppconvmixer.attacks import GenericPrior, ReferencePrior, score_images
-from timm_ppconvmixer.attacks.classifier import cached_classifier, top1
-from timm_ppconvmixer.attacks.le_attack import upper_only_images
-from timm_ppconvmixer.attacks.schemes import attack_for
+from timm_ppconvmixer.attacks.ciphertext_only.le import upper_only_images
+from timm_ppconvmixer.attacks.evaluation.classifier import cached_classifier, top1
+from timm_ppconvmixer.attacks.registry import attack_for
 from timm_ppconvmixer.data import fashion_mnist_arrays
 from timm_ppconvmixer.schemes import generate_key
 

@@ -39,8 +39,8 @@ import numpy as np
 
 from timm_ppconvmixer import encrypt
 from timm_ppconvmixer.attacks import GenericPrior, ReferencePrior, score_images
-from timm_ppconvmixer.attacks.classifier import cached_classifier, top1
-from timm_ppconvmixer.attacks.schemes import SCHEME_ATTACKS, attack_for, reconstruct
+from timm_ppconvmixer.attacks.evaluation.classifier import cached_classifier, top1
+from timm_ppconvmixer.attacks.registry import SCHEME_ATTACKS, attack_for, reconstruct
 from timm_ppconvmixer.data import fashion_mnist_arrays
 from timm_ppconvmixer.schemes import (
     ENCRYPT_ONLY_SCHEMES,

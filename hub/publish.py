@@ -7,7 +7,7 @@
 
 Entries of ``kind: key-bound`` (the tags ``ppconvmixer_*.in1k``) have no weights to publish:
 they are timm's own plain weights, converted on the user's machine under the user's key at
-load (``timm_ppconvmixer/zoo.py``). The publisher checks them against the registry and lists
+load (``timm_ppconvmixer/keyed/zoo.py``). The publisher checks them against the registry and lists
 them as such; nothing key-derived is ever uploaded for them.
 
 For each entry the dry run loads the weights, exports them exactly as they would be uploaded
@@ -42,8 +42,8 @@ from timm_ppconvmixer.hub import (
     scan_for_key_material,
     upload_model_folder,
 )
+from timm_ppconvmixer.keyed.zoo import KEY_BOUND_TAGS
 from timm_ppconvmixer.schemes import SchemeKey, load_key
-from timm_ppconvmixer.zoo import KEY_BOUND_TAGS
 
 DEFAULT_MANIFEST = Path(__file__).with_name("zoo.yaml")
 ENTRY_FIELDS = {

@@ -4,7 +4,7 @@
 The data is encrypted once with the demo key (``datasets`` batched map), the provider side is
 the accelerate recipe on the encrypted copy (``recipes/configs/demo_fashion_mnist.yaml``), and
 the result is exported with the key-free model card into
-``timm_ppconvmixer/pretrained/ppconvmixer_256_8_fmnist.demo`` (the leak guard runs; the demo
+``timm_ppconvmixer/keyed/pretrained/ppconvmixer_256_8_fmnist.demo`` (the leak guard runs; the demo
 key lives next to it, outside the exported folder, because it is public by design).
 
     python hub/train_demo_model.py [--epochs 1] [--work outputs/demo_model]
@@ -27,7 +27,7 @@ import timm_ppconvmixer  # noqa: E402,F401
 from timm_ppconvmixer import hub  # noqa: E402
 from timm_ppconvmixer.atomic import atomic_folder, atomic_write_bytes  # noqa: E402
 from timm_ppconvmixer.data import encrypt_dataset, load_fashion_mnist  # noqa: E402
-from timm_ppconvmixer.pretrained import DEMO_KEY_FILE, DEMO_WEIGHTS, demo_key  # noqa: E402
+from timm_ppconvmixer.keyed.pretrained import DEMO_KEY_FILE, DEMO_WEIGHTS, demo_key  # noqa: E402
 
 
 def main() -> None:

@@ -11,16 +11,16 @@ import torch.nn.functional as F
 from timm.utils import ParseKwargs
 
 import timm_ppconvmixer  # noqa: F401
-from timm_ppconvmixer.adaptnet import (
+from timm_ppconvmixer.models.adaptnet import (
     AdaptNet,
     LEAdaptNet,
     adaptnet_num_params,
     total_variation_prior,
     total_variation_prior_grad,
 )
-from timm_ppconvmixer.adaptnet_pyramidnet import adaptnet_pyramidnet_num_params
-from timm_ppconvmixer.permutation import AdaptivePermutation, permutation_penalty
-from timm_ppconvmixer.pyramidnet import pyramidnet_num_params
+from timm_ppconvmixer.models.adaptnet_pyramidnet import adaptnet_pyramidnet_num_params
+from timm_ppconvmixer.models.permutation import AdaptivePermutation, permutation_penalty
+from timm_ppconvmixer.models.pyramidnet import pyramidnet_num_params
 
 
 def num_params(model: torch.nn.Module) -> int:

@@ -30,8 +30,8 @@ from timm_ppconvmixer.attacks import (
     score_images,
     score_key,
 )
-from timm_ppconvmixer.attacks.inputs import load_images
-from timm_ppconvmixer.convert import encrypt_model
+from timm_ppconvmixer.attacks.evaluation.inputs import load_images
+from timm_ppconvmixer.keyed.convert import encrypt_model
 
 
 def _same_key(a: BlockKey, b: BlockKey) -> bool:
@@ -131,7 +131,7 @@ def test_bad_folders_raise_one_clear_error(tmp_path, fmnist):
 
 
 def test_run_attack_writes_report_and_key_but_no_key_material(tmp_path, fmnist):
-    from timm_ppconvmixer.folders import encrypt_folder
+    from timm_ppconvmixer.data.folders import encrypt_folder
 
     x, labels, _ = fmnist
     plain, enc = tmp_path / "plain", tmp_path / "enc"
@@ -180,7 +180,7 @@ def test_ssim_matches_scikit_image(fmnist):
     metrics = pytest.importorskip("skimage.metrics")
     from skimage import data as samples
 
-    from timm_ppconvmixer.attacks.scoring import ssim
+    from timm_ppconvmixer.attacks.evaluation.scoring import ssim
 
     rng = np.random.default_rng(0)
     grey = fmnist[0][:6]  # (N, 1, 28, 28)
@@ -199,7 +199,7 @@ def test_ssim_matches_scikit_image(fmnist):
 def test_conversion_refuses_other_schemes():
     import timm
 
-    from timm_ppconvmixer.convert import ConversionError, encrypt_model
+    from timm_ppconvmixer.keyed.convert import ConversionError, encrypt_model
     from timm_ppconvmixer.schemes import generate_key
 
     ele = generate_key("ele", image_size=16, block_size=4, channels=3, seed=0)
@@ -211,7 +211,7 @@ def test_conversion_refuses_other_schemes():
 def test_the_attacked_scheme_is_the_one_the_data_record(tmp_path):
     """ENCRYPTION.json, else the dataset card's block, names the scheme; a caller's --scheme
     that contradicts it is refused, and only data without a record take the caller's word."""
-    from timm_ppconvmixer.attacks.inputs import CARD_BLOCK, scheme_of
+    from timm_ppconvmixer.attacks.evaluation.inputs import CARD_BLOCK, scheme_of
     from timm_ppconvmixer.hub.dataset_card import CARD_BLOCK as HUB_CARD_BLOCK
     from timm_ppconvmixer.hub.dataset_card import dataset_card
     from timm_ppconvmixer.schemes import generate_key
@@ -241,7 +241,7 @@ def test_the_attacked_scheme_is_the_one_the_data_record(tmp_path):
 
 
 def test_an_owner_key_of_another_scheme_is_refused(tmp_path, fmnist):
-    from timm_ppconvmixer.folders import encrypt_folder
+    from timm_ppconvmixer.data.folders import encrypt_folder
     from timm_ppconvmixer.schemes import generate_key
 
     x, labels, _ = fmnist
@@ -258,7 +258,7 @@ def test_run_attack_attacks_every_scheme_from_its_record(tmp_path, fmnist, schem
     """An encrypted folder of any scheme: the attack is the one ENCRYPTION.json names, scored
     with the scheme's own key parts; a recovered key is a key of that scheme; pe-per-image has
     no key to recover or to score with, only reconstructions scored against plain images."""
-    from timm_ppconvmixer.folders import encrypt_folder
+    from timm_ppconvmixer.data.folders import encrypt_folder
     from timm_ppconvmixer.schemes import generate_key, load_key, per_image_encryption
 
     x, labels, _ = fmnist
@@ -296,8 +296,8 @@ def test_run_attack_attacks_every_scheme_from_its_record(tmp_path, fmnist, schem
 
 
 def test_what_the_prior_left_undecided_is_reported_once_per_attack():
-    from timm_ppconvmixer.attacks.blocks import SYMMETRIES
-    from timm_ppconvmixer.attacks.priors import OrientationChoice
+    from timm_ppconvmixer.attacks.solvers.blocks import SYMMETRIES
+    from timm_ppconvmixer.attacks.solvers.priors import OrientationChoice
 
     undecided = ["transpose", "channel order"]
     choice = OrientationChoice(SYMMETRIES[0], (0,), False, "generic", undecided)

@@ -22,7 +22,7 @@ from timm_ppconvmixer.attacks import (
     score_ele_key,
     score_images,
 )
-from timm_ppconvmixer.attacks.schemes import attack_for
+from timm_ppconvmixer.attacks.registry import attack_for
 from timm_ppconvmixer.schemes import generate_key
 
 

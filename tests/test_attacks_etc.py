@@ -26,7 +26,7 @@ from timm_ppconvmixer.attacks import (
     score_etc_key,
     score_images,
 )
-from timm_ppconvmixer.attacks.schemes import attack_for, reconstruct
+from timm_ppconvmixer.attacks.registry import attack_for, reconstruct
 from timm_ppconvmixer.schemes import EtCKey, generate_key
 
 N_FMNIST = 1000

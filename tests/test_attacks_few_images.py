@@ -20,8 +20,8 @@ import pytest
 
 from timm_ppconvmixer import BlockKey, decrypt, encrypt
 from timm_ppconvmixer.attacks import GenericPrior, ReferencePrior, recover_key, score_key
-from timm_ppconvmixer.attacks.blocks import SYMMETRIES, apply_symmetry
-from timm_ppconvmixer.attacks.scoring import psnr, ssim
+from timm_ppconvmixer.attacks.evaluation.scoring import psnr, ssim
+from timm_ppconvmixer.attacks.solvers.blocks import SYMMETRIES, apply_symmetry
 
 ROOT = Path(__file__).resolve().parents[1]
 

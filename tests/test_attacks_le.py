@@ -22,8 +22,8 @@ from timm_ppconvmixer.attacks import (
     score_images,
     score_le_key,
 )
-from timm_ppconvmixer.attacks.le_attack import upper_only_images
-from timm_ppconvmixer.attacks.schemes import attack_for
+from timm_ppconvmixer.attacks.ciphertext_only.le import upper_only_images
+from timm_ppconvmixer.attacks.registry import attack_for
 from timm_ppconvmixer.schemes import generate_key
 
 

@@ -27,8 +27,8 @@ from timm_ppconvmixer.attacks import (
     score_images,
     score_pe_key,
 )
-from timm_ppconvmixer.attacks.pe_attack import score_pe_reconstruction
-from timm_ppconvmixer.attacks.schemes import attack_for, reconstruct
+from timm_ppconvmixer.attacks.ciphertext_only.pe import score_pe_reconstruction
+from timm_ppconvmixer.attacks.registry import attack_for, reconstruct
 from timm_ppconvmixer.schemes import generate_key, per_image_encryption
 
 

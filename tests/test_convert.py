@@ -11,14 +11,14 @@ from torch import nn
 from torchvision.transforms import Normalize
 
 from timm_ppconvmixer import BlockKey, PPConvMixer, encrypt
-from timm_ppconvmixer.convert import (
+from timm_ppconvmixer.keyed.convert import (
     ConversionError,
     decrypt_model,
     encrypt_model,
     rekey_model,
 )
-from timm_ppconvmixer.harden import harden_permutation
-from timm_ppconvmixer.permutation import HardPermutation, permutation_closeness
+from timm_ppconvmixer.keyed.harden import harden_permutation
+from timm_ppconvmixer.models.permutation import HardPermutation, permutation_closeness
 
 # timm's ConvMixer configs at reduced width and depth: (kernel, patch, activation)
 TIMM_CONFIGS = {

@@ -1,5 +1,5 @@
 """DepthwiseConv2d: nn.Conv2d's function and parameters, with the CPU gradients computed as
-forward depthwise convolutions (timm_ppconvmixer/depthwise.py)."""
+forward depthwise convolutions (timm_ppconvmixer/models/depthwise.py)."""
 
 import copy
 
@@ -10,7 +10,7 @@ from timm.models.convmixer import ConvMixer
 from torch import nn
 
 from timm_ppconvmixer import PPConvMixer
-from timm_ppconvmixer.depthwise import DepthwiseConv2d, use_depthwise_backward
+from timm_ppconvmixer.models.depthwise import DepthwiseConv2d, use_depthwise_backward
 
 FAST = "_DepthwiseConvForwardBackwardBackward"
 
@@ -114,7 +114,7 @@ def test_other_dtypes_and_an_empty_batch_compute_as_nn_conv2d(dtype, batch):
 
 
 def test_forward_mode_ad_and_batched_gradients():
-    from timm_ppconvmixer.depthwise import _DepthwiseConvForwardBackward
+    from timm_ppconvmixer.models.depthwise import _DepthwiseConvForwardBackward
 
     _, fast = pair(3, 3)
     x = torch.randn(2, 3, 5, 4, dtype=torch.float64, requires_grad=True)

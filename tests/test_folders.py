@@ -16,7 +16,7 @@ from PIL import Image
 
 from timm_ppconvmixer import BlockKey, decrypt, encrypt
 from timm_ppconvmixer.cli import main
-from timm_ppconvmixer.folders import (
+from timm_ppconvmixer.data.folders import (
     MANIFEST_NAME,
     BadImagesError,
     FolderError,
@@ -241,7 +241,7 @@ KILL_IMAGES, KILL_SIZE, KILL_BLOCK = 300, 96, 8
 _RUN = """
 import sys
 from timm_ppconvmixer import BlockKey
-from timm_ppconvmixer.folders import encrypt_folder
+from timm_ppconvmixer.data.folders import encrypt_folder
 key = BlockKey.generate({size}, {block}, seed=5)
 encrypt_folder(sys.argv[1], sys.argv[2], key, workers=2, progress=False)
 """

@@ -32,8 +32,6 @@ from PIL import Image
 
 import timm_ppconvmixer  # noqa: F401  (registers the models with timm)
 from timm_ppconvmixer import BlockKey
-from timm_ppconvmixer.convert import encrypt_model
-from timm_ppconvmixer.harden import harden_permutation
 from timm_ppconvmixer.hub import (
     HubError,
     KeyMaterialError,
@@ -45,7 +43,9 @@ from timm_ppconvmixer.hub import (
     save_model_folder,
     scan_for_key_material,
 )
-from timm_ppconvmixer.permutation import block_order_of
+from timm_ppconvmixer.keyed.convert import encrypt_model
+from timm_ppconvmixer.keyed.harden import harden_permutation
+from timm_ppconvmixer.models.permutation import block_order_of
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DATASET = "zalando-datasets/fashion_mnist"
@@ -679,7 +679,7 @@ def test_publish_script_on_the_real_manifest():
     assert "ppconvmixer_256_8_fmnist.demo" in proc.stdout
     models = yaml.safe_load((REPO_ROOT / "hub" / "zoo.yaml").read_text())["models"]
     weights = [m["weights"] for m in models if "weights" in m]
-    shipped = [w for w in weights if w.startswith("timm_ppconvmixer/pretrained/")]
+    shipped = [w for w in weights if w.startswith("timm_ppconvmixer/keyed/pretrained/")]
     absent = [w for w in weights if not (REPO_ROOT / w).is_dir()]
     assert len(shipped) == 5 and not set(absent) & set(shipped)
     assert all(w.startswith("outputs/zoo/") for w in absent)

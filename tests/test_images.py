@@ -17,7 +17,7 @@ from PIL import Image
 from timm_ppconvmixer import BlockKey
 from timm_ppconvmixer.cli import main
 from timm_ppconvmixer.data import encrypt_dataset
-from timm_ppconvmixer.folders import encrypt_folder
+from timm_ppconvmixer.data.folders import encrypt_folder
 from timm_ppconvmixer.images import ImagePolicyError, prepare_image, to_key_mode
 from timm_ppconvmixer.transforms import create_transform
 

@@ -19,7 +19,7 @@ from timm_ppconvmixer import (
     permutation_penalty,
     ppconvmixer_num_params,
 )
-from timm_ppconvmixer.permutation import permutation_penalty_grad
+from timm_ppconvmixer.models.permutation import permutation_penalty_grad
 
 CONFIGS = {  # name: (h, depth, kernel, patch, default input)
     "ppconvmixer_512_16": (512, 16, 9, 16, 224),
@@ -85,7 +85,7 @@ def test_ablation_is_exactly_timms_convmixer(name):
         (k, v.shape) for k, v in theirs.state_dict().items()
     ]
     # the same modules; the depthwise convs are nn.Conv2d subclasses with a faster CPU backward
-    # (timm_ppconvmixer/depthwise.py, tests/test_depthwise.py)
+    # (timm_ppconvmixer/models/depthwise.py, tests/test_depthwise.py)
     mine = repr(ours).replace("PPConvMixer", "ConvMixer").replace("DepthwiseConv2d", "Conv2d")
     assert mine == repr(theirs)
     assert repr(ours).count("DepthwiseConv2d(") == len(theirs.blocks)
@@ -345,7 +345,7 @@ def test_plain_weights_load_into_a_model_with_p(tmp_path):
 def test_shipped_demo_model_loads_offline_and_works_with_the_demo_key():
     from timm_ppconvmixer import encrypt
     from timm_ppconvmixer.data import fashion_mnist_arrays
-    from timm_ppconvmixer.pretrained import demo_key
+    from timm_ppconvmixer.keyed.pretrained import demo_key
 
     model = timm.create_model("ppconvmixer_256_8_fmnist.demo", pretrained=True).eval()
     key = demo_key()

@@ -16,7 +16,7 @@ from timm.utils import ParseKwargs
 
 import timm_ppconvmixer  # noqa: F401  (registers the models)
 from timm_ppconvmixer import BlockKey, PPConvMixer
-from timm_ppconvmixer.permutation import (
+from timm_ppconvmixer.models.permutation import (
     AdaptivePermutation,
     HardPermutation,
     block_order_of,
@@ -24,7 +24,7 @@ from timm_ppconvmixer.permutation import (
     grid_symmetries,
     permutation_closeness,
 )
-from timm_ppconvmixer.permutation_penalties import (
+from timm_ppconvmixer.models.permutation_penalties import (
     doubly_stochastic_penalty,
     doubly_stochastic_penalty_grad,
     grid_adjacency,

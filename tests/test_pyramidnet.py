@@ -9,7 +9,7 @@ import torch
 from timm.utils import ParseKwargs
 
 import timm_ppconvmixer  # noqa: F401
-from timm_ppconvmixer.pyramidnet import (
+from timm_ppconvmixer.models.pyramidnet import (
     ShakeDrop,
     pyramidnet_num_params,
     pyramidnet_widths,

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from timm_ppconvmixer import ppconvmixer_num_params
-from timm_ppconvmixer.adaptnet_pyramidnet import adaptnet_pyramidnet_num_params
 from timm_ppconvmixer.data import FASHION_MNIST_DIR
+from timm_ppconvmixer.models.adaptnet_pyramidnet import adaptnet_pyramidnet_num_params
 
 ROOT = Path(__file__).resolve().parents[1]
 ROWS = [

@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 from security_schemes import aggregate, run_scheme_setting, summary  # noqa: E402
 
-from timm_ppconvmixer.attacks.schemes import SCHEME_ATTACKS  # noqa: E402
+from timm_ppconvmixer.attacks.registry import SCHEME_ATTACKS  # noqa: E402
 
 
 @pytest.fixture(scope="module")

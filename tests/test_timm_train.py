@@ -22,7 +22,7 @@ import timm_ppconvmixer  # noqa: F401
 from timm_ppconvmixer import BlockKey, encrypt
 from timm_ppconvmixer.data import fashion_mnist_arrays
 from timm_ppconvmixer.hub import save_model_folder
-from timm_ppconvmixer.permutation import permutation_penalty_grad
+from timm_ppconvmixer.models.permutation import permutation_penalty_grad
 
 TRAIN_PY = os.environ.get("TIMM_TRAIN_PY")
 _FOUND = bool(TRAIN_PY) and Path(TRAIN_PY).is_file()

@@ -1,4 +1,4 @@
-"""Key-bound pretrained tags (timm_ppconvmixer/zoo.py) and `ppconvmixer convert --model TAG`.
+"""Key-bound pretrained tags (timm_ppconvmixer/keyed/zoo.py) and `ppconvmixer convert --model TAG`.
 
 The plain checkpoints are random weights in timm's Hub layout (model.safetensors +
 config.json), of shallow variants of timm's ConvMixers (depth 2, dim 32) where the model kwargs
@@ -37,9 +37,9 @@ from torchvision.transforms import Normalize
 
 import timm_ppconvmixer
 from timm_ppconvmixer import KEY_BOUND_TAGS, BlockKey, KeyBoundError, encrypt
-from timm_ppconvmixer.convert import encrypt_model
 from timm_ppconvmixer.hub import export, save_model_folder, scan_for_key_material
 from timm_ppconvmixer.hub.key_patterns import key_secrets, scan_text
+from timm_ppconvmixer.keyed.convert import encrypt_model
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # timm's convmixer_* architectures: kernel, patch (= the key's block size), activation

@@ -28,7 +28,7 @@ import timm_ppconvmixer  # noqa: F401  (registers the models and tags)
 from timm_ppconvmixer import encrypt
 from timm_ppconvmixer.data import FASHION_MNIST_DIR, fashion_mnist_arrays
 from timm_ppconvmixer.hub import scan_for_key_material
-from timm_ppconvmixer.pretrained import (
+from timm_ppconvmixer.keyed.pretrained import (
     SHIPPED_ZOO,
     ZOO_KEY_SEED,
     ZOO_SCHEMES,
@@ -124,7 +124,7 @@ def test_the_zoo_keys_are_public_seeded_and_named_so():
 
 
 def test_a_key_file_that_is_not_the_published_zoo_key_is_refused(tmp_path, monkeypatch):
-    import timm_ppconvmixer.pretrained as pretrained
+    import timm_ppconvmixer.keyed.pretrained as pretrained
 
     other = tmp_path / "fmnist28_zoo_blockwise.PUBLIC.key"
     generate_zoo_key("blockwise", 1001).save(other)

@@ -7,14 +7,19 @@ Importing the package registers the ``ppconvmixer_*``, ``shakedrop_pyramidnet*``
 weights converted under your key at load, :mod:`.zoo`).
 """
 
-from .adaptnet import AdaptNet, LEAdaptNet, adaptnet_num_params
-from .adaptnet_pyramidnet import AdaptNetPyramidNet, adaptnet_pyramidnet_num_params
 from .cipher import CipherInputError, decrypt, encrypt
 from .key import BlockKey, InvalidKeyError, SchemeKey, generate_key, load_key
-from .models import KeyBoundError, PPConvMixer, convmixer_num_params, ppconvmixer_num_params
-from .permutation import AdaptivePermutation, HardPermutation, permutation_penalty
-from .pyramidnet import ShakeDrop, ShakePyramidNet, pyramidnet_num_params
-from .zoo import KEY_BOUND_TAGS
+from .keyed.zoo import KEY_BOUND_TAGS
+from .models.adaptnet import AdaptNet, LEAdaptNet, adaptnet_num_params
+from .models.adaptnet_pyramidnet import AdaptNetPyramidNet, adaptnet_pyramidnet_num_params
+from .models.permutation import AdaptivePermutation, HardPermutation, permutation_penalty
+from .models.pyramidnet import ShakeDrop, ShakePyramidNet, pyramidnet_num_params
+from .models.registry import (
+    KeyBoundError,
+    PPConvMixer,
+    convmixer_num_params,
+    ppconvmixer_num_params,
+)
 
 __version__ = "0.1.0"
 

@@ -1,7 +1,8 @@
 """The one way to prepare an image for a key: colour mode, resize and crop.
 
 Every path that turns an ordinary image into one the cipher can encrypt goes through here:
-``ppconvmixer encrypt-image``, folder encryption, :func:`~timm_ppconvmixer.data.encrypt_dataset`,
+``ppconvmixer encrypt-image``, folder encryption,
+:func:`~timm_ppconvmixer.data.datasets.encrypt_dataset`,
 the demo and the evaluation pipeline of :func:`~timm_ppconvmixer.transforms.create_transform`.
 So an image encrypted offline and the same image served through timm's pipeline give the same
 encrypted pixels (``docs/design.md`` section 2: the key fixes the image size, H and W multiples

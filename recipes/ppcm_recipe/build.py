@@ -10,7 +10,7 @@ from timm.scheduler import create_scheduler_v2
 from timm.utils import distribute_bn
 
 from timm_ppconvmixer import BlockKey
-from timm_ppconvmixer.zoo import is_key_bound
+from timm_ppconvmixer.keyed.zoo import is_key_bound
 
 from .config import ConfigError
 

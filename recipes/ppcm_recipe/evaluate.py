@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from timm_ppconvmixer import BlockKey
-from timm_ppconvmixer.permutation import (
+from timm_ppconvmixer.models.permutation import (
     AdaptivePermutation,
     HardPermutation,
     block_order_recovery,
@@ -43,9 +43,9 @@ def inverse_block_permutation_matrix(key: BlockKey) -> torch.Tensor:
 @torch.no_grad()
 def permutation_recovery(model, key: BlockKey) -> dict | None:
     """How much of the key's block order (K1) the model's P states, exact and up to the grid's
-    rotations and mirrors (:func:`timm_ppconvmixer.permutation.block_order_recovery`, read off
-    the effective matrix ``P.matrix()``: after Sinkhorn and the learning-rate gain, or a
-    hardened P's gather); None for a model without P."""
+    rotations and mirrors (:func:`timm_ppconvmixer.models.permutation.block_order_recovery`,
+    read off the effective matrix ``P.matrix()``: after Sinkhorn and the learning-rate gain, or
+    a hardened P's gather); None for a model without P."""
     perm = getattr(model, "permutation", None)
     if not isinstance(perm, (AdaptivePermutation, HardPermutation)):
         return None

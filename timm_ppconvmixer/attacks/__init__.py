@@ -21,17 +21,17 @@ Example:
     a 4x4 image is a single 4x4 block: there is no block order to recover
 """
 
-from .ciphertext_only import recover_key
-from .ele_attack import recover_ele_key, score_ele_key
-from .etc_attack import recover_etc_key, score_etc_key
+from .ciphertext_only.blockwise import recover_key
+from .ciphertext_only.ele import recover_ele_key, score_ele_key
+from .ciphertext_only.etc import recover_etc_key, score_etc_key
+from .ciphertext_only.le import recover_le_key, score_le_key
+from .ciphertext_only.pe import recover_pe_key, recover_pe_per_image, score_pe_key
+from .evaluation.report import run_attack
+from .evaluation.scoring import score_images, score_key
 from .known_plaintext import known_plaintext_attack
-from .le_attack import recover_le_key, score_le_key
 from .model_leak import block_order_from_p, key_from_converted_model, shuffle_from_stem
-from .pe_attack import recover_pe_key, recover_pe_per_image, score_pe_key
-from .priors import GenericPrior, ReferencePrior
-from .report import run_attack
 from .result import AttackInputError, AttackResult
-from .scoring import score_images, score_key
+from .solvers.priors import GenericPrior, ReferencePrior
 
 __all__ = [
     "AttackInputError",

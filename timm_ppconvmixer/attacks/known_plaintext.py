@@ -39,8 +39,8 @@ from scipy.optimize import linear_sum_assignment
 
 from ..cipher import decrypt  # noqa: F401  (used by the doctest)
 from ..key import BlockKey
-from .blocks import to_blocks
 from .result import AttackInputError, AttackResult
+from .solvers.blocks import to_blocks
 
 __all__ = ["known_plaintext_attack"]
 

@@ -1,6 +1,7 @@
 """What a shared model reveals of the key.
 
-(a) **Converted from a public plain checkpoint** (:func:`timm_ppconvmixer.convert.encrypt_model`,
+(a) **Converted from a public plain checkpoint**
+(:func:`timm_ppconvmixer.keyed.convert.encrypt_model`,
 docs/design.md section 2 "Encryption" with the conversion of the paper's Sec. III-B): the
 stem's weights become ``W' = W A^-1`` with ``A`` a signed, scaled permutation built from K2 and
 K3, and P becomes ``P[block_perm]``. Whoever knows which public checkpoint was converted (model
@@ -20,7 +21,7 @@ correlate, the same statistics that break the encrypted images).
 Example:
     >>> import timm, torch
     >>> from timm_ppconvmixer import BlockKey
-    >>> from timm_ppconvmixer.convert import encrypt_model
+    >>> from timm_ppconvmixer.keyed.convert import encrypt_model
     >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
     <torch._C.Generator object at ...>
     >>> plain = timm.create_model("ppconvmixer_256_8", num_classes=10, permutation=False,
@@ -43,10 +44,10 @@ from scipy.optimize import linear_sum_assignment
 from torch import nn
 
 from ..key import BlockKey
-from ..permutation import block_order_of
-from .flip_mask import PositionStats, recover_flip_mask
-from .pixel_shuffle import recover_pixel_perm
+from ..models.permutation import block_order_of
 from .result import AttackInputError, AttackResult
+from .solvers.flip_mask import PositionStats, recover_flip_mask
+from .solvers.pixel_shuffle import recover_pixel_perm
 
 __all__ = ["block_order_from_p", "key_from_converted_model", "shuffle_from_stem"]
 
@@ -114,7 +115,7 @@ def key_from_converted_model(shared: nn.Module, public: nn.Module) -> AttackResu
 
 def block_order_from_p(model: nn.Module) -> tuple[np.ndarray, float]:
     """The block order a shared model's P states, as a ``block_perm`` estimate
-    (:func:`timm_ppconvmixer.permutation.block_order_of` on the effective matrix, so a
+    (:func:`timm_ppconvmixer.models.permutation.block_order_of` on the effective matrix, so a
     Sinkhorn, scaled or negated P reads right), and the share of rows whose largest ``|P|``
     agrees with it (a key-free confidence)."""
     p = _p_matrix(model)

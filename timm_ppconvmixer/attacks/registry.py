@@ -31,13 +31,13 @@ from typing import Any
 import numpy as np
 
 from ..cipher import decrypt
-from .ciphertext_only import recover_key
-from .ele_attack import recover_ele_key, score_ele_key
-from .etc_attack import recover_etc_key, score_etc_key
-from .le_attack import recover_le_key, score_le_key
-from .pe_attack import recover_pe_key, recover_pe_per_image, score_pe_key
+from .ciphertext_only.blockwise import recover_key
+from .ciphertext_only.ele import recover_ele_key, score_ele_key
+from .ciphertext_only.etc import recover_etc_key, score_etc_key
+from .ciphertext_only.le import recover_le_key, score_le_key
+from .ciphertext_only.pe import recover_pe_key, recover_pe_per_image, score_pe_key
+from .evaluation.scoring import score_key
 from .result import AttackInputError, AttackResult
-from .scoring import score_key
 
 __all__ = ["SCHEME_ATTACKS", "SchemeAttack", "attack_for", "reconstruct"]
 

@@ -8,7 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-from ..folders import RESIZE_POLICIES, BadImagesError, FolderError, encrypt_folder
+from ..data.folders import RESIZE_POLICIES, BadImagesError, FolderError, encrypt_folder
 from ..key import load_key
 from .common import CLIError, add_key_source_arguments, key_from_args
 
@@ -147,7 +147,7 @@ def _add_dataset_hub_parsers(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _cmd_encrypt(args: argparse.Namespace) -> None:
-    from ..data import encrypt_saved_dataset
+    from ..data.datasets import encrypt_saved_dataset
     from ..hub import push_encrypted_dataset
 
     src = Path(args.src)

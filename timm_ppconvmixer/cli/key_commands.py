@@ -163,8 +163,8 @@ def _names_weights(name: str) -> bool:
 
 
 def _cmd_convert(args: argparse.Namespace) -> None:
-    from ..convert import ConversionError, encrypt_model  # scipy: only when converting
     from ..hub import save_model_folder
+    from ..keyed.convert import ConversionError, encrypt_model  # scipy: only when converting
 
     key = BlockKey.load(args.key)
     source = _load_source_model(args)

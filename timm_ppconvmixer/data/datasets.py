@@ -1,7 +1,7 @@
 """Datasets: the real Fashion-MNIST as a ``datasets.Dataset``, and encrypting ``datasets``
 datasets with batched ``map``.
 
-Folder trees (ImageFolder layout) are encrypted by :mod:`timm_ppconvmixer.folders`.
+Folder trees (ImageFolder layout) are encrypted by :mod:`timm_ppconvmixer.data.folders`.
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .cipher import decrypt as decrypt_array
-from .cipher import encrypt as encrypt_array
-from .images import RESIZE_POLICIES, mode_for_channels, prepare_image
-from .key import SchemeKey
+from ..cipher import decrypt as decrypt_array
+from ..cipher import encrypt as encrypt_array
+from ..images import RESIZE_POLICIES, mode_for_channels, prepare_image
+from ..key import SchemeKey
 
 __all__ = [
     "FASHION_MNIST_CLASSES",
@@ -200,7 +200,7 @@ def encrypt_saved_dataset(
 
     import datasets
 
-    from .atomic import atomic_folder, atomic_write_bytes
+    from ..atomic import atomic_folder, atomic_write_bytes
     from .folders.manifest import MANIFEST_NAME
 
     dst = Path(dst)

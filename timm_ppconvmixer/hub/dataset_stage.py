@@ -71,7 +71,7 @@ def _png_side_chunks(data: bytes, where: str) -> bytes:
     if not data.startswith(_PNG_SIGNATURE):
         raise HubError(
             f"{where}: not a PNG image; encrypted images must be stored losslessly as PNG "
-            "(encrypt with timm_ppconvmixer.data.encrypt_dataset or ppconvmixer encrypt)"
+            "(encrypt with timm_ppconvmixer.data.datasets.encrypt_dataset or ppconvmixer encrypt)"
         )
     out, pos = bytearray(), len(_PNG_SIGNATURE)
     while pos + 8 <= len(data):

@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from ..atomic import atomic_write_bytes
-from ..data import encrypt_dataset
-from ..folders.manifest import MANIFEST_NAME
+from ..data.datasets import encrypt_dataset
+from ..data.folders.manifest import MANIFEST_NAME
 from ..key import SchemeKey
 from .dataset_card import dataset_card
 from .dataset_stage import (
@@ -66,7 +66,7 @@ def load_encrypted_source(
     """``(DatasetDict, resize policy)`` from a ``Dataset`` (one ``split``), a ``DatasetDict``,
     a ``save_to_disk`` folder or an encrypted image folder tree (``ENCRYPTION.json``, made by
     ``ppconvmixer encrypt``). With ``encrypt=True`` the images are plain and are encrypted
-    here (:func:`timm_ppconvmixer.data.encrypt_dataset`).
+    here (:func:`timm_ppconvmixer.data.datasets.encrypt_dataset`).
 
     Example:
         >>> dd, resize = load_encrypted_source("fmnist-enc/", key)  # doctest: +SKIP

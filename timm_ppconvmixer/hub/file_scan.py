@@ -12,7 +12,7 @@ import safetensors.torch
 import torch
 
 from ..key import SchemeKey, scheme_file_names
-from ..permutation import (
+from ..models.permutation import (
     BlockOrderRecovery,
     HardPermutation,
     block_order_of,

@@ -16,9 +16,9 @@ import yaml
 from torch import nn
 
 from ..key import SCHEME, BlockKey
-from ..models import PPConvMixer
-from ..permutation import AdaptivePermutation, HardPermutation
-from ..pyramidnet import ShakePyramidNet
+from ..models.permutation import AdaptivePermutation, HardPermutation
+from ..models.pyramidnet import ShakePyramidNet
+from ..models.registry import PPConvMixer
 from .errors import HubError
 from .file_scan import permutation_of_matrix
 
@@ -166,7 +166,7 @@ def _architecture(model: nn.Module) -> dict:
 
 def _pyramidnet_architecture(model: ShakePyramidNet) -> dict:
     """The facts of a ShakeDrop PyramidNet, with the AdaptNet in front where there is one (the
-    Table I baselines: timm_ppconvmixer.pyramidnet, .adaptnet_pyramidnet)."""
+    Table I baselines: timm_ppconvmixer.models.pyramidnet, .adaptnet_pyramidnet)."""
     adapt = getattr(model, "adapt", None)
     size = tuple(model.pretrained_cfg.get("input_size", (model.in_chans, 0, 0))[1:])
     u = model.permutation if adapt is not None else None
@@ -415,7 +415,7 @@ The timm-ppconvmixer project attacks its own encryption (its `docs/security.md` 
   plain/encrypted pair gives the pixel shuffle and flips, and all of the block order but
   identical blocks.
 * **Not protected: the key against the weights.** A model converted from public plain weights
-  (`timm_ppconvmixer.convert.encrypt_model`) gives the exact key to anyone who knows those
+  (`timm_ppconvmixer.keyed.convert.encrypt_model`) gives the exact key to anyone who knows those
   weights (block order from P, shuffle and flips from the patch embedding); a P trained towards
   a permutation states the block order. The key **fingerprint** ({fingerprint}) is safe to
   publish; the **weights are not key-free** in that sense.

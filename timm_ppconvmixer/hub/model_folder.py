@@ -18,8 +18,8 @@ from torch import nn
 
 from ..atomic import atomic_folder
 from ..key import BlockKey
-from ..models import PPConvMixer
-from ..permutation import MATRIX_ARGS, AdaptivePermutation
+from ..models.permutation import MATRIX_ARGS, AdaptivePermutation
+from ..models.registry import PPConvMixer
 from .errors import HubError
 from .leak_guard import assert_no_key_material
 from .model_card import model_card

@@ -25,10 +25,10 @@ import torch
 from timm.models.convmixer import ConvMixer
 from torch import nn
 
-from .conversion_errors import ConversionError
-from .key import BlockKey
-from .models import PPConvMixer
-from .permutation import AdaptivePermutation
+from ..key import BlockKey
+from ..models.permutation import AdaptivePermutation
+from ..models.registry import PPConvMixer
+from .errors import ConversionError
 
 __all__ = [
     "ConversionError",

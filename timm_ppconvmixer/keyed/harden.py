@@ -4,7 +4,7 @@ A P that has learned the block order is, up to noise, ``c * Pi``: a permutation 
 a scale c (any sign; paper Sec. III-B, Fig. 1: ideally ``P[i, j] = 1`` exactly when encrypted
 block i holds plain block j). Because P is linear and the stem module before it is a
 per-channel affine BatchNorm, c folds into that BatchNorm exactly and Pi becomes a gather
-(:class:`~timm_ppconvmixer.permutation.HardPermutation`): no n x n matmul at inference.
+(:class:`~timm_ppconvmixer.models.permutation.HardPermutation`): no n x n matmul at inference.
 """
 
 from __future__ import annotations
@@ -14,15 +14,15 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from .conversion_errors import ConversionError
-from .models import PPConvMixer
-from .permutation import (
+from ..models.permutation import (
     AdaptivePermutation,
     HardPermutation,
     nearest_permutation,
     permutation_closeness,
     permutation_penalty,
 )
+from ..models.registry import PPConvMixer
+from .errors import ConversionError
 
 __all__ = ["HardeningReport", "harden_permutation"]
 

@@ -2,7 +2,7 @@
 user's own key, converted on the user's machine at load.
 
 Encrypted-domain weights are only useful under one key, and exact conversion
-(:func:`~timm_ppconvmixer.convert.encrypt_model`) turns every plain ConvMixer into an
+(:func:`~timm_ppconvmixer.keyed.convert.encrypt_model`) turns every plain ConvMixer into an
 encrypted-domain model for any key. So each of timm's pretrained ConvMixers has a twin tag::
 
     key = BlockKey.load("owner.key")             # 224x224, block 7 (block 14 for _p14), RGB
@@ -39,8 +39,8 @@ from timm.models import (
 from timm.models.convmixer import ConvMixer
 from torch import nn
 
-from .key import BlockKey
-from .models import KeyBoundError, PPConvMixer, _args, _cfg, _create_ppconvmixer
+from ..key import BlockKey
+from ..models.registry import KeyBoundError, PPConvMixer, _args, _cfg, _create_ppconvmixer
 
 __all__ = ["KEY_BOUND_TAGS", "KeyBoundError", "is_key_bound", "load_key_bound"]
 

@@ -7,7 +7,8 @@ classifier can use (the paper's Sec. III-C, Fig. 3, Eq. (2)).
   ``C M^2`` block values to ``O = 16 M^2`` features (a conv with kernel and stride M, no bias),
   its own BatchNorm and LeakyReLU(0.2); the N feature vectors mixed by a learnable N x N matrix U
   (``tokens (B, O, N) @ U``, the same module as the paper's P,
-  :class:`~timm_ppconvmixer.permutation.AdaptivePermutation`, with the same L_U); PixelShuffle(M)
+  :class:`~timm_ppconvmixer.models.permutation.AdaptivePermutation`, with the same L_U);
+  PixelShuffle(M)
   back to a 16-channel H x W map. Parameters (Eq. (2) with h = O):
   ``N (C M^2 O + 2 O) + N^2``: 823,296 at 32x32x3, block 4.
 * :class:`LEAdaptNet`, the adaptation network of Tanaka's LE ("Learnable Image Encryption",
@@ -17,7 +18,7 @@ classifier can use (the paper's Sec. III-C, Fig. 3, Eq. (2)).
 
 Training loss of [15] (their code): ``L_CE + 0.001 L_U(U) + 0.1 L_s``, with L_s the total
 variation prior of :func:`total_variation_prior` on the map. Both regularisers follow
-PPConvMixer's pattern (``timm_ppconvmixer/permutation.py``): L_U is implicit by default (U's
+PPConvMixer's pattern (``timm_ppconvmixer/models/permutation.py``): L_U is implicit by default (U's
 gradient gets ``0.001 dL_U/dU`` in every training backward pass, so timm's unmodified ``train.py``
 trains with it) or explicit (``set_implicit_penalty(False)`` and ``loss += penalty_weight *
 model.permutation_penalty()``, the accelerate recipe); L_s needs the batch's map, so like P's

@@ -46,9 +46,9 @@ def adaptnet_pyramidnet_num_params(
 
 
 class AdaptNetPyramidNet(ShakePyramidNet):
-    """:class:`~timm_ppconvmixer.adaptnet.AdaptNet` (``adaptnet="ele"``) or
-    :class:`~timm_ppconvmixer.adaptnet.LEAdaptNet` (``"le"``) as ``adapt``, then a
-    :class:`~timm_ppconvmixer.pyramidnet.ShakePyramidNet` on its map.
+    """:class:`~timm_ppconvmixer.models.adaptnet.AdaptNet` (``adaptnet="ele"``) or
+    :class:`~timm_ppconvmixer.models.adaptnet.LEAdaptNet` (``"le"``) as ``adapt``, then a
+    :class:`~timm_ppconvmixer.models.pyramidnet.ShakePyramidNet` on its map.
 
     Args:
         img_size, block_size: the encrypted images' size and block size (fix the N positions).

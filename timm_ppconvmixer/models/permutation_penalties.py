@@ -2,7 +2,8 @@
 
 Everything here is a plain function of the effective matrix P (n x n, tokens ``(B, h, n) @ P``,
 paper Sec. III-B, Fig. 1) with a closed-form gradient, so that
-:class:`~timm_ppconvmixer.permutation.AdaptivePermutation` can add ``weight * gradient`` to P's
+:class:`~timm_ppconvmixer.models.permutation.AdaptivePermutation` can add
+``weight * gradient`` to P's
 gradient inside the backward pass (the implicit mechanism that lets timm's unmodified
 ``train.py`` train with Eq. (1)).
 

@@ -1,14 +1,15 @@
 """PPConvMixer: timm's ConvMixer with the paper's adaptive permutation matrix P (paper
 Sec. III-B, Fig. 1); the registered models and cfgs are in :mod:`.models`.
 
-P (:class:`~timm_ppconvmixer.permutation.AdaptivePermutation`) is appended to ``stem`` (after
+P (:class:`~timm_ppconvmixer.models.permutation.AdaptivePermutation`) is appended to ``stem`` (after
 patch embedding conv, activation and BatchNorm), so every method inherited from timm's
 ``ConvMixer`` (``forward_features``, ``forward_intermediates``, ``prune_intermediate_layers``,
 grad checkpointing, ``group_matcher``, which puts P with the stem) runs P in its place with no
 copied code. With ``permutation=False`` the model is exactly timm's ConvMixer: same modules, same
 state dict, same initialisation, Eq. (3) parameters; with P it has Eq. (4) parameters. The one
 difference is speed: each block's depthwise convolution is a
-:class:`~timm_ppconvmixer.depthwise.DepthwiseConv2d` (an ``nn.Conv2d`` sharing its parameters)
+:class:`~timm_ppconvmixer.models.depthwise.DepthwiseConv2d` (an ``nn.Conv2d`` sharing its
+parameters)
 whose CPU gradients are computed as forward depthwise convolutions, several times faster than
 oneDNN's backward, and equal to ``nn.Conv2d``'s up to float rounding.
 """

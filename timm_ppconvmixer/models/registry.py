@@ -1,12 +1,16 @@
-"""The registered ``ppconvmixer_*`` models, their pretrained cfgs, and the parameter counts of
-Eq. (3) and Eq. (4) (paper Sec. III-B, Fig. 1). The model class is
-:class:`~timm_ppconvmixer.pp_convmixer.PPConvMixer` (re-exported here). The twins of timm's
-ImageNet ConvMixers, with their key-bound pretrained tags, are registered in :mod:`.zoo`.
+"""The ``ppconvmixer_*`` architectures trained from scratch, their cfgs, the entry point every
+``ppconvmixer_*`` registration builds through, and the parameter counts of Eq. (3) and Eq. (4)
+(paper Sec. III-B, Fig. 1). The model class is
+:class:`~timm_ppconvmixer.models.pp_convmixer.PPConvMixer` (re-exported here).
+
+Architectures whose registered tags carry weights bound to a key are registered beside those
+weights in :mod:`timm_ppconvmixer.keyed`: the shipped demo and Table I zoo models
+(:mod:`~timm_ppconvmixer.keyed.shipped`) and the twins of timm's ImageNet ConvMixers
+(:mod:`~timm_ppconvmixer.keyed.zoo`).
 """
 
 from __future__ import annotations
 
-import json
 import math
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
@@ -15,14 +19,13 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 
 from .permutation import AdaptivePermutation
 from .pp_convmixer import PPConvMixer
-from .pretrained import DEMO_WEIGHTS, SHIPPED_ZOO
 
 __all__ = ["KeyBoundError", "PPConvMixer", "convmixer_num_params", "ppconvmixer_num_params"]
 
 
 class KeyBoundError(ValueError):
-    """A key-bound tag (:mod:`timm_ppconvmixer.zoo`) was loaded without a key or with a key that
-    does not fit it, or ``key=`` was given to a model that takes none."""
+    """A key-bound tag (:mod:`timm_ppconvmixer.keyed.zoo`) was loaded without a key or with a
+    key that does not fit it, or ``key=`` was given to a model that takes none."""
 
 
 def convmixer_num_params(
@@ -98,12 +101,6 @@ def _create_ppconvmixer(variant: str, pretrained: bool = False, **kwargs) -> PPC
         pretrained_filter_fn=_check_permutation_size,
         **kwargs,
     )
-    folder = _SHIPPED_WEIGHTS.get(f"{variant}.{model.pretrained_cfg.get('tag')}")
-    loaded = str(model.pretrained_cfg.get("file")) if pretrained else None
-    if folder is not None and loaded == str(folder / "model.safetensors"):
-        # the weights' domain: the fingerprint their export recorded (never the key)
-        config = json.loads((folder / "config.json").read_text())
-        model.key_fingerprint = config.get("model_args", {}).get("key_fingerprint")
     return model
 
 
@@ -125,54 +122,10 @@ def _cfg(input_size=(3, 224, 224), **kwargs) -> dict:
     }
 
 
-# Weights that ship inside the package (loaded offline through the cfg's ``file``).
-_SHIPPED_WEIGHTS = {"ppconvmixer_256_8_fmnist.demo": DEMO_WEIGHTS, **SHIPPED_ZOO}
-
-# The Table I zoo (benchmarks/reproduce_table1.py --zoo DIR --ship): tag -> the architecture
-# options its weights were trained with beyond the name's defaults (timm's cfgs carry no model
-# arguments, so the entry point adds them), and what the tag's images are.
-_ZOO_TAGS = {  # the P tag first: timm makes an architecture's first tag its default
-    "zoo_blockwise_p": ({}, "blockwise-encrypted with the PUBLIC zoo key, with P"),
-    "zoo_blockwise_no_p": (
-        {"permutation": False},
-        "blockwise-encrypted with the PUBLIC zoo key, without P",
-    ),
-    "zoo_pe": ({"permutation": False}, "PE-encrypted with the PUBLIC zoo key, without P"),
-    "zoo_plain": ({"permutation": False}, "plain images, without P"),
-}
-
-
-def _zoo_cfg(tag: str) -> dict:
-    return _cfg(
-        file=str(SHIPPED_ZOO[f"ppconvmixer_128_8_fmnist.{tag}"] / "model.safetensors"),
-        input_size=(1, 28, 28),
-        pool_size=(7, 7),
-        num_classes=10,
-        mean=(0.5,),
-        std=(0.5,),
-        description=f"Table I zoo (Fashion-MNIST): {_ZOO_TAGS[tag][1]}; never use the zoo "
-        "keys for real data",
-    )
-
-
 default_cfgs = generate_default_cfgs(
     {
         "ppconvmixer_512_16": _cfg(pool_size=(14, 14)),
         "ppconvmixer_256_8": _cfg(input_size=(3, 32, 32), pool_size=(8, 8)),
-        # Fashion-MNIST 28x28, 1 channel, block 4, encrypted with the PUBLIC demo key
-        # (timm_ppconvmixer.pretrained.demo_key()); trained by hub/train_demo_model.py. Its own
-        # architecture name: timm makes an architecture's first tag with weights its default,
-        # which would turn ppconvmixer_256_8 itself into a 1-channel 28x28 model.
-        "ppconvmixer_256_8_fmnist.demo": _cfg(
-            file=str(DEMO_WEIGHTS / "model.safetensors"),
-            input_size=(1, 28, 28),
-            pool_size=(7, 7),
-            num_classes=10,
-            mean=(0.5,),
-            std=(0.5,),
-            description="Fashion-MNIST demo model; images encrypted with the public demo key",
-        ),
-        **{f"ppconvmixer_128_8_fmnist.{tag}": _zoo_cfg(tag) for tag in _ZOO_TAGS},
     }
 )
 
@@ -196,23 +149,3 @@ def ppconvmixer_256_8(pretrained: bool = False, **kwargs) -> PPConvMixer:
     """Small model for CIFAR-size images: h=256, depth 8, kernel 5, block/patch 4, 32x32."""
     args = _args(dict(dim=256, depth=8, kernel_size=5, patch_size=4), kwargs)
     return _create_ppconvmixer("ppconvmixer_256_8", pretrained, **args)
-
-
-@register_model
-def ppconvmixer_256_8_fmnist(pretrained: bool = False, **kwargs) -> PPConvMixer:
-    """ppconvmixer_256_8 for Fashion-MNIST: 28x28, one channel, block 4 (7x7 blocks), 10
-    classes; the ``.demo`` tag holds the shipped demo weights."""
-    args = _args(dict(dim=256, depth=8, kernel_size=5, patch_size=4), kwargs)
-    return _create_ppconvmixer("ppconvmixer_256_8_fmnist", pretrained, **args)
-
-
-@register_model
-def ppconvmixer_128_8_fmnist(pretrained: bool = False, **kwargs) -> PPConvMixer:
-    """The Table I reproduction's ConvMixer (benchmarks/reproduce_table1.py): h=128, depth 8,
-    kernel 5, block/patch 4, Fashion-MNIST 28x28x1, 10 classes. The ``.zoo_*`` tags hold its
-    shipped weights (``_ZOO_TAGS``: with P on blockwise images under the PUBLIC zoo key,
-    without P on blockwise, PE and plain images)."""
-    tag = kwargs.get("pretrained_cfg")
-    tag_args = _ZOO_TAGS[tag][0] if isinstance(tag, str) and tag in _ZOO_TAGS else {}
-    defaults = dict(dim=128, depth=8, kernel_size=5, patch_size=4, num_classes=10, **tag_args)
-    return _create_ppconvmixer("ppconvmixer_128_8_fmnist", pretrained, **_args(defaults, kwargs))

@@ -24,13 +24,13 @@ import time
 
 import numpy as np
 
-from ..key import BlockKey
-from .blocks import from_blocks, position_map, symmetry_index_map, to_blocks
-from .flip_mask import position_stats, recover_flip_mask
-from .jigsaw import solve_jigsaw
-from .pixel_shuffle import recover_pixel_perm
-from .priors import GenericPrior, ReferencePrior
-from .result import AttackInputError, AttackResult
+from ...key import BlockKey
+from ..result import AttackInputError, AttackResult
+from ..solvers.blocks import from_blocks, position_map, symmetry_index_map, to_blocks
+from ..solvers.flip_mask import position_stats, recover_flip_mask
+from ..solvers.jigsaw import solve_jigsaw
+from ..solvers.pixel_shuffle import recover_pixel_perm
+from ..solvers.priors import GenericPrior, ReferencePrior
 
 __all__ = ["check_encrypted_batch", "recover_key"]
 
@@ -167,6 +167,6 @@ def recover_key(
 
 def position_map_transpose(slot: np.ndarray, channels: int, m: int) -> np.ndarray:
     """``slot`` with every block transposed (for non-square grids)."""
-    from .blocks import Symmetry
+    from ..solvers.blocks import Symmetry
 
     return position_map(Symmetry(True, False, False), channels, m)[slot]

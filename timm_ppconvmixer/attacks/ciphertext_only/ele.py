@@ -39,8 +39,9 @@ from typing import Any
 
 import numpy as np
 
-from ..schemes.ele import ELEKey
-from .blocks import (
+from ...schemes.ele import ELEKey
+from ..result import AttackResult
+from ..solvers.blocks import (
     SYMMETRIES,
     Symmetry,
     from_blocks,
@@ -48,13 +49,12 @@ from .blocks import (
     to_blocks,
     valid_symmetries,
 )
-from .ciphertext_only import check_encrypted_batch
-from .halves import HalvesEstimate, from_halves, half_stats, recover_halves, to_halves
-from .jigsaw_oriented import solve_oriented_jigsaw
-from .le_attack import _decrypt_halves, _score_parts, blocks_exact, half_key_parts
-from .piece_group import PieceGroup
-from .priors import GenericPrior, ReferencePrior
-from .result import AttackResult
+from ..solvers.halves import HalvesEstimate, from_halves, half_stats, recover_halves, to_halves
+from ..solvers.jigsaw_oriented import solve_oriented_jigsaw
+from ..solvers.piece_group import PieceGroup
+from ..solvers.priors import GenericPrior, ReferencePrior
+from .blockwise import check_encrypted_batch
+from .le import _decrypt_halves, _score_parts, blocks_exact, half_key_parts
 
 __all__ = ["recover_ele_key", "score_ele_key"]
 

@@ -35,9 +35,10 @@ from typing import Any
 
 import numpy as np
 
-from ..cipher import decrypt, encrypt
-from ..schemes.etc import EtCKey
-from .blocks import (
+from ...cipher import decrypt, encrypt
+from ...schemes.etc import EtCKey
+from ..result import AttackResult
+from ..solvers.blocks import (
     SYMMETRIES,
     apply_symmetry,
     from_blocks,
@@ -45,11 +46,10 @@ from .blocks import (
     to_blocks,
     valid_symmetries,
 )
-from .ciphertext_only import check_encrypted_batch
-from .jigsaw_oriented import solve_oriented_jigsaw
-from .piece_group import PieceGroup
-from .priors import GenericPrior, ReferencePrior
-from .result import AttackResult
+from ..solvers.jigsaw_oriented import solve_oriented_jigsaw
+from ..solvers.piece_group import PieceGroup
+from ..solvers.priors import GenericPrior, ReferencePrior
+from .blockwise import check_encrypted_batch
 
 __all__ = ["recover_etc_key", "score_etc_key"]
 

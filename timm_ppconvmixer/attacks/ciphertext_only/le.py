@@ -37,13 +37,13 @@ from typing import Any
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from ..cipher import decrypt, encrypt
-from ..schemes.le import LEKey
-from .blocks import SYMMETRIES, Symmetry, from_blocks, position_map, to_blocks
-from .ciphertext_only import check_encrypted_batch
-from .halves import HalvesEstimate, from_halves, half_stats, recover_halves, to_halves
-from .priors import GenericPrior, ReferencePrior
-from .result import AttackResult
+from ...cipher import decrypt, encrypt
+from ...schemes.le import LEKey
+from ..result import AttackResult
+from ..solvers.blocks import SYMMETRIES, Symmetry, from_blocks, position_map, to_blocks
+from ..solvers.halves import HalvesEstimate, from_halves, half_stats, recover_halves, to_halves
+from ..solvers.priors import GenericPrior, ReferencePrior
+from .blockwise import check_encrypted_batch
 
 __all__ = ["blocks_exact", "half_key_parts", "recover_le_key", "score_le_key", "upper_only_images"]
 

@@ -38,11 +38,11 @@ from typing import Any
 
 import numpy as np
 
-from ..schemes.pe import PEKey
-from .pe_cut import bright_sides
-from .pe_sync import SignedPerms, edge_costs, synchronise
-from .priors import GenericPrior, ReferencePrior
-from .result import AttackInputError, AttackResult
+from ...schemes.pe import PEKey
+from ..result import AttackInputError, AttackResult
+from ..solvers.pe_cut import bright_sides
+from ..solvers.pe_sync import SignedPerms, edge_costs, synchronise
+from ..solvers.priors import GenericPrior, ReferencePrior
 
 __all__ = [
     "recover_pe_key",
@@ -218,7 +218,7 @@ def _edge_agreement(costs: dict, labels: np.ndarray, group: SignedPerms) -> floa
     """Share of edges whose relative element is the edge's own cheapest (a key-free check)."""
     t = group.table
     hits = total = 0
-    from .pe_sync import _shifted  # the same edge geometry as the costs
+    from ..solvers.pe_sync import _shifted  # the same edge geometry as the costs
 
     for (dy, dx), cost in costs.items():
         lp, lq = _shifted(labels, dy, dx)

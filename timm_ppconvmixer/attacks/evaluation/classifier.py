@@ -92,7 +92,7 @@ def cached_classifier(
         "trained_on": list(images.shape),
         "classes": int(labels.max()) + 1,
         "epochs": epochs,
-        "architecture": "SmallClassifier (timm_ppconvmixer.attacks.classifier)",
+        "architecture": "SmallClassifier (timm_ppconvmixer.attacks.evaluation.classifier)",
     }
     if weights.exists() and note.exists() and json.loads(note.read_text()) == meta:
         model = SmallClassifier(images.shape[1], meta["classes"], max(images.shape[-2:]))

@@ -22,9 +22,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ..images import ImagePolicyError, to_key_mode
-from ..schemes.base import BLOCKWISE_FILE_SCHEME
-from .result import AttackInputError
+from ...images import ImagePolicyError, to_key_mode
+from ...schemes.base import BLOCKWISE_FILE_SCHEME
+from ..result import AttackInputError
 
 __all__ = ["MANIFEST", "Batch", "load_images", "scheme_of"]
 

@@ -34,9 +34,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812
 
-from ..cipher import decrypt, encrypt
-from ..key import BlockKey
-from .blocks import position_map, symmetry_index_map, to_blocks, valid_symmetries
+from ...cipher import decrypt, encrypt
+from ...key import BlockKey
+from ..solvers.blocks import position_map, symmetry_index_map, to_blocks, valid_symmetries
 
 __all__ = ["psnr", "score_images", "score_key", "ssim"]
 

@@ -22,7 +22,7 @@ image encryption for privacy-preserving DNNs", IWAIT 2023, arXiv:2211.02369).
 Example:
     >>> import numpy as np
     >>> from timm_ppconvmixer import BlockKey, encrypt
-    >>> from timm_ppconvmixer.attacks.blocks import to_blocks
+    >>> from timm_ppconvmixer.attacks.solvers.blocks import to_blocks
     >>> from timm_ppconvmixer.data import fashion_mnist_arrays
     >>> x = fashion_mnist_arrays("test")[0][:200, None]
     >>> key = BlockKey.generate(28, 4, 1, seed=1)

@@ -31,7 +31,7 @@ Example:
     >>> import numpy as np
     >>> from timm_ppconvmixer import encrypt
     >>> from timm_ppconvmixer.schemes import generate_key
-    >>> from timm_ppconvmixer.attacks.blocks import to_blocks
+    >>> from timm_ppconvmixer.attacks.solvers.blocks import to_blocks
     >>> from timm_ppconvmixer.data import fashion_mnist_arrays
     >>> x = fashion_mnist_arrays("test")[0][:300, None]
     >>> key = generate_key("le", image_size=28, block_size=4, channels=1, seed=0)

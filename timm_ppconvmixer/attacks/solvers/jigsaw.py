@@ -25,7 +25,7 @@ Kiya, arXiv:2211.02369 for block-and-pixel shuffling).
 
 Example:
     >>> import numpy as np
-    >>> from timm_ppconvmixer.attacks.blocks import to_blocks
+    >>> from timm_ppconvmixer.attacks.solvers.blocks import to_blocks
     >>> from timm_ppconvmixer.data import fashion_mnist_arrays
     >>> x = fashion_mnist_arrays("test")[0][:300, None]
     >>> pieces = to_blocks(x, 4).reshape(300, 49, 1, 4, 4)

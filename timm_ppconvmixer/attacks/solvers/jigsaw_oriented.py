@@ -26,7 +26,7 @@ which the caller resolves with a prior (:mod:`.priors`).
 
 Example:
     >>> import numpy as np
-    >>> from timm_ppconvmixer.attacks.blocks import to_blocks
+    >>> from timm_ppconvmixer.attacks.solvers.blocks import to_blocks
     >>> from timm_ppconvmixer.data import fashion_mnist_arrays
     >>> x = fashion_mnist_arrays("test")[0][:300, None]
     >>> g = PieceGroup(1)

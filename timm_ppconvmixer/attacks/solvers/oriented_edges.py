@@ -19,7 +19,7 @@ through per-channel-pair Gram matrices, so the whole table is ``32 C^2`` Gram pr
 
 Example:
     >>> import numpy as np
-    >>> from timm_ppconvmixer.attacks.piece_group import PieceGroup
+    >>> from timm_ppconvmixer.attacks.solvers.piece_group import PieceGroup
     >>> x = np.random.default_rng(0).integers(0, 255, (3, 4, 1, 4, 4)).astype(np.uint8)
     >>> oriented_costs(x, PieceGroup(1)).shape
     (4, 16, 4, 4)

@@ -35,8 +35,8 @@ to the order of the channels (resolved by a prior in :mod:`.priors`).
 Example:
     >>> import numpy as np
     >>> from timm_ppconvmixer import BlockKey, encrypt
-    >>> from timm_ppconvmixer.attacks.blocks import to_blocks
-    >>> from timm_ppconvmixer.attacks.flip_mask import position_stats, recover_flip_mask
+    >>> from timm_ppconvmixer.attacks.solvers.blocks import to_blocks
+    >>> from timm_ppconvmixer.attacks.solvers.flip_mask import position_stats, recover_flip_mask
     >>> from timm_ppconvmixer.data import fashion_mnist_arrays
     >>> x = fashion_mnist_arrays("test")[0][:500, None]
     >>> key = BlockKey.generate(28, 4, 1, seed=1)

@@ -45,8 +45,8 @@ import os
 import time
 from pathlib import Path
 
-from ..images import RESIZE_POLICIES
-from ..key import SchemeKey
+from ...images import RESIZE_POLICIES
+from ...key import SchemeKey
 from .manifest import (
     MANIFEST_NAME,
     check_source_manifest,

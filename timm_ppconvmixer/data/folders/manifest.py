@@ -10,8 +10,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ..atomic import atomic_write_bytes, is_temp_file
-from ..key import SchemeKey
+from ...atomic import atomic_write_bytes, is_temp_file
+from ...key import SchemeKey
 from .report import FolderError
 
 try:

@@ -21,11 +21,11 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ..atomic import atomic_save
-from ..cipher import decrypt as decrypt_image
-from ..cipher import encrypt as encrypt_image
-from ..images import ImagePolicyError, mode_for_channels, prepare_image
-from ..key import SchemeKey
+from ...atomic import atomic_save
+from ...cipher import decrypt as decrypt_image
+from ...cipher import encrypt as encrypt_image
+from ...images import ImagePolicyError, mode_for_channels, prepare_image
+from ...key import SchemeKey
 from .report import BadImage, FolderError, FolderReport
 from .scan import output_name, scan
 

@@ -20,8 +20,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..key import BlockKey
-from ..schemes import SchemeKey, generate_key, load_key
+from ...key import BlockKey
+from ...schemes import SchemeKey, generate_key, load_key
 
 __all__ = [
     "DEMO_KEY_FILE",
