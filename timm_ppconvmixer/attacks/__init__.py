@@ -26,10 +26,10 @@ from .ciphertext_only.ele import recover_ele_key, score_ele_key
 from .ciphertext_only.etc import recover_etc_key, score_etc_key
 from .ciphertext_only.le import recover_le_key, score_le_key
 from .ciphertext_only.pe import recover_pe_key, recover_pe_per_image, score_pe_key
-from .evaluation.report import run_attack
 from .evaluation.scoring import score_images, score_key
 from .known_plaintext import known_plaintext_attack
 from .model_leak import block_order_from_p, key_from_converted_model, shuffle_from_stem
+from .report import run_attack
 from .result import AttackInputError, AttackResult
 from .solvers.priors import GenericPrior, ReferencePrior
 

@@ -23,15 +23,15 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from ...cipher import decrypt
-from ...schemes import ENCRYPT_ONLY_SCHEMES, PIXEL_WISE, SchemeKey, load_key
-from ..ciphertext_only.blockwise import check_encrypted_batch
-from ..registry import attack_for, reconstruct
-from ..result import AttackInputError
-from ..solvers.priors import GenericPrior, ReferencePrior
-from .classifier import cached_classifier, top1
-from .inputs import MANIFEST, load_images, scheme_of
-from .scoring import score_images
+from ..cipher import decrypt
+from ..schemes import ENCRYPT_ONLY_SCHEMES, PIXEL_WISE, SchemeKey, load_key
+from .ciphertext_only.blockwise import check_encrypted_batch
+from .evaluation.classifier import cached_classifier, top1
+from .evaluation.inputs import MANIFEST, load_images, scheme_of
+from .evaluation.scoring import score_images
+from .registry import attack_for, reconstruct
+from .result import AttackInputError
+from .solvers.priors import GenericPrior, ReferencePrior
 
 __all__ = ["KEY_FILE", "run_attack"]
 
@@ -74,7 +74,7 @@ def _reference(reference: str | Path | None, shape: tuple[int, ...]):
     if str(reference) == "fashion-mnist":
         from PIL import Image
 
-        from ...data.datasets import fashion_mnist_arrays
+        from ..data.datasets import fashion_mnist_arrays
 
         x = fashion_mnist_arrays("test")[0]
         c, h, w = shape

@@ -1,5 +1,6 @@
 """Judging an attack, for the owner who holds the true key: key and image scores
 (:mod:`.scoring`), a plain-domain classifier that tells whether reconstructions are
-recognisable (:mod:`.classifier`), loading encrypted folders and datasets as an attacker holds
-them (:mod:`.inputs`), and the whole attack on a dataset as a report (:mod:`.report`).
+recognisable (:mod:`.classifier`), and loading encrypted folders and datasets as an attacker
+holds them (:mod:`.inputs`). :mod:`timm_ppconvmixer.attacks.report` runs the whole attack on a
+dataset with them.
 """
