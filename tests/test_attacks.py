@@ -1,4 +1,4 @@
-"""The attacks of issue 10 on real Fashion-MNIST images with fixed seeded keys (no mocks).
+"""The attacks on the paper's scheme on real Fashion-MNIST images with fixed seeded keys (no mocks).
 
 What must hold: a known plain/encrypted pair gives the key; 1,000 encrypted images give K3 and
 K2 exactly (up to the block symmetries) and, with the public test split as the attacker's

@@ -1,4 +1,4 @@
-"""The ciphertext-only attack on ELE (issue 18) on real Fashion-MNIST with seeded keys.
+"""The ciphertext-only attack on ELE on real Fashion-MNIST with seeded keys.
 
 What must hold: from 1,000 encrypted images the per-position keys and the block order are
 recovered well enough for recognisable reconstructions (measured figures of

@@ -1,4 +1,4 @@
-"""The extended jigsaw attack on EtC (issue 18) on real images with seeded keys (no mocks).
+"""The extended jigsaw attack on EtC on real images with seeded keys (no mocks).
 
 What must hold (figures measured in docs/security_etc.md, with a margin): 1,000 Fashion-MNIST
 images under one EtC key give the whole key and exact decryptions with the public test split

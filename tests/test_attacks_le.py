@@ -1,4 +1,4 @@
-"""The ciphertext-only attack on LE (issue 18) on real Fashion-MNIST with seeded keys.
+"""The ciphertext-only attack on LE on real Fashion-MNIST with seeded keys.
 
 What must hold: from 100 encrypted images the whole LE key and exact decryptions (measured:
 every key of docs/security_le.md from N = 100 on); the upper halves alone give a 4-bit

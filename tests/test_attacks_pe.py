@@ -1,4 +1,4 @@
-"""The attacks on PE (issue 18) on real Fashion-MNIST and real photographs, no mocks.
+"""The attacks on PE on real Fashion-MNIST and real photographs, no mocks.
 
 What must hold (docs/security_pe.md has the measured tables): with one key, 10 encrypted
 Fashion-MNIST images give every inversion bit and exact decryptions; one image still gives a

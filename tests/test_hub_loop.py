@@ -1,4 +1,4 @@
-"""The whole loop through the Hub (issue 13): the owner pushes an encrypted dataset, timm's own
+"""The whole loop through the Hub: the owner pushes an encrypted dataset, timm's own
 train.py trains on it from ``hfds/`` without the key, the provider pushes the model, the owner
 pulls it, evaluates it with the key and writes the numbers into its card.
 

@@ -1,4 +1,4 @@
-"""The adaptive permutation P's options (issue 12): weight decay, penalties, Sinkhorn, gain,
+"""The adaptive permutation P's options: weight decay, penalties, Sinkhorn, gain,
 smoothness prior, init from a block order, and the measures of how close P is to the key."""
 
 import argparse

@@ -1,4 +1,4 @@
-"""The recipe's speed levers give the same numbers as the pipelines they replace (issue 20):
+"""The recipe's speed levers give the same numbers as the pipelines they replace:
 encryption on the training device, the pre-decoded encrypted split, channels_last activations
 (P's layout-free product). Real data: the Fashion-MNIST files, real PNG folders."""
 

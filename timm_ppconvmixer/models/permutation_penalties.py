@@ -167,7 +167,7 @@ def smoothness_prior(weight: torch.Tensor, corr: torch.Tensor, adj: torch.Tensor
     relaxed to the Birkhoff polytope, as in Gold and Rangarajan, "A Graduated Assignment
     Algorithm for Graph Matching", IEEE TPAMI 18(4), 1996), which unlike smoothness of the
     mixed tokens themselves does not reward averaging (uniform P scores 0). It is the
-    "natural image" prior that issue 12 reports from [15]'s code, moved from pixels to tokens.
+    "natural image" prior of [15]'s published code, moved from pixels to tokens.
     """
     w = weight.to(corr.dtype)
     return -(adj * (w.T @ corr @ w)).sum() / adj.sum()
