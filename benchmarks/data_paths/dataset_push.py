@@ -8,7 +8,7 @@ data (which includes that check, staging, the leak guard scan and the upload) to
 local Hub double on 127.0.0.1. Medians over ``--repeats`` (each push goes to a new
 repository). Prints JSON.
 
-Run: ``python benchmarks/bench_dataset_push.py [--train 60000] [--repeats 2]``
+Run: ``python benchmarks/bench_data_paths.py dataset-push [--train 60000] [--repeats 2]``
 """
 
 from __future__ import annotations
@@ -21,17 +21,19 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
 from local_hub import LocalHub  # noqa: E402  (stdlib only: started before any HF client import)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="bench_data_paths.py dataset-push", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--train", type=int, default=60000)
     parser.add_argument("--test", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=2)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp, LocalHub(Path(tmp) / "hub") as hub:
         for name, value in hub.client_env(home=Path(tmp) / "hf").items():
             import os

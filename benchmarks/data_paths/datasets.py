@@ -5,7 +5,7 @@
 one run. Memory stays bounded when the peak does not grow with the number of images
 (``map`` streams batches through Arrow files on disk). Prints JSON.
 
-Run: ``python benchmarks/bench_datasets.py [--num-proc 2]``
+Run: ``python benchmarks/bench_data_paths.py dataset-encrypt [--num-proc 2]``
 """
 
 from __future__ import annotations
@@ -36,11 +36,13 @@ print(json.dumps({
 """
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="bench_data_paths.py dataset-encrypt", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--num-proc", type=int, default=2)
     parser.add_argument("--sizes", type=int, nargs="+", default=[10000, 60000])
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     runs = []
     for n in args.sizes:
         cmd = [sys.executable, "-c", CHILD, str(n), str(args.num_proc)]

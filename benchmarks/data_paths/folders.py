@@ -12,7 +12,8 @@ much of it the run added, the peak RSS of the workers (``VmHWM`` sampled while t
 File creation dominates on slow disks (about 0.7 ms per new file on the ext4 of our CI VM, 20
 us on tmpfs): ``--tmp-root /dev/shm`` measures the same runs without the disk.
 
-Run: ``python benchmarks/bench_folders.py [--sizes 10000 60000 --repeats 3 --tmp-root DIR]``
+Run: ``python benchmarks/bench_data_paths.py folder-encrypt [--sizes 10000 60000 --repeats 3
+--tmp-root DIR]``
 """
 
 from __future__ import annotations
@@ -121,8 +122,10 @@ def summarise(runs: list[dict]) -> dict:
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="bench_data_paths.py folder-encrypt", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 60_000])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--image-size", type=int, default=28, help="key size (28: native)")
@@ -131,7 +134,7 @@ def main() -> None:
         "--tmp-root", default=None, help="where the trees go (default: the system's temp dir)"
     )
     parser.add_argument("--child", nargs=5, metavar=("SRC", "DST", "WORKERS", "SIZE", "BLOCK"))
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.child:
         src, dst, workers, size, block = args.child
         child(src, dst, int(workers), int(size), int(block))

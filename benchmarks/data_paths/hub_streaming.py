@@ -9,7 +9,8 @@ trains a small ppconvmixer_256_8_fmnist (h=32, depth 2) for one epoch in a fresh
 a fresh HF_HOME and no loader workers, so the peak RSS (``wait4``) is that run's alone. Memory
 is bounded when the streaming peak does not grow with the number of images. Prints JSON.
 
-Run: ``python benchmarks/bench_hub_streaming.py [--sizes 6000 60000] [--readers hfids hfds]``
+Run: ``python benchmarks/bench_data_paths.py hub-streaming [--sizes 6000 60000]
+[--readers hfids hfds]``
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
 from local_hub import LocalHub  # noqa: E402  (stdlib only: started before any HF client import)
 
@@ -87,13 +88,15 @@ def train(train_py: str, dataset: str, fingerprint: str, env: dict, out: Path) -
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="bench_data_paths.py hub-streaming", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--sizes", type=int, nargs="+", default=[6000, 60000])
     parser.add_argument("--test", type=int, default=1000, help="validation images")
     parser.add_argument("--readers", nargs="+", default=["hfids", "hfds"])
     parser.add_argument("--train-py", default=os.environ.get("TIMM_TRAIN_PY"))
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if not args.train_py or not Path(args.train_py).is_file():
         raise SystemExit("pass --train-py or set TIMM_TRAIN_PY to timm's train.py")
     with tempfile.TemporaryDirectory() as tmp, LocalHub(Path(tmp) / "hub") as hub:

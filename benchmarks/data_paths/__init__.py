@@ -1,0 +1,1 @@
+"""The data-path benchmarks that ``benchmarks/bench_data_paths.py`` runs, one module each."""
