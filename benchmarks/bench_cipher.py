@@ -1,4 +1,4 @@
-"""Encryption speed, printed as JSON ratios measured side by side (issue: foundation).
+"""Encryption speed, printed as JSON ratios measured side by side.
 
 1. ``encrypt`` on a uint8 batch of 224x224 RGB images, block 16, against ``torch.clone`` of the
    same batch (goal: >= 0.5x clone throughput on CPU).

@@ -1,4 +1,4 @@
-"""Training efficiency against the machine's own peak (issue 20), in one run, as JSON + a table.
+"""Training efficiency against the machine's own peak, in one run, as JSON + a table.
 
 1. Peak: the fp32 rate of a large ``torch.mm`` (all cores; median of repeats).
 2. Models: the training step (forward, backward, AdamW) of the demo model

@@ -1,4 +1,4 @@
-"""One prepared GPU check (issue 20): one command, one JSON, on a machine with torch, timm,
+"""One prepared GPU check: one command, one JSON, on a machine with torch, timm,
 accelerate, safetensors and huggingface_hub but not ``datasets`` (synthetic images).
 
 1. bf16 training steps through ``accelerate`` for ``ppconvmixer_512_16`` at 224/16 (batch 256)

@@ -1,4 +1,4 @@
-"""What makes the adaptive permutation matrix P learn the block order (issue 12)?
+"""What makes the adaptive permutation matrix P learn the block order?
 
 Fashion-MNIST upscaled to 56x56 (bilinear), block 4: a 14x14 token grid under a 3x3 depthwise
 kernel (4 layers see 9x9 tokens), where block scrambling hurts. A small PPConvMixer (h 64,
