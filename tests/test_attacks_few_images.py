@@ -1,4 +1,4 @@
-"""The ciphertext-only attack from few images (issue 18, "the few-images regime"), real data.
+"""The ciphertext-only attack from few images (the few-images regime), real data.
 
 What must hold, each measured in docs/security_few_images.md and failed by the attack before
 that change: K2 from 2 Fashion-MNIST images (k-nearest-neighbour layout restarts); a 100-image
