@@ -770,7 +770,7 @@ def test_leak_guard_ignores_constant_and_counting_runs_even_where_a_key_has_them
 
 # -- the shipped demo card: its numbers and its snippet ----------------------------------------
 
-PRETRAINED = REPO_ROOT / "timm_ppconvmixer" / "pretrained"
+PRETRAINED = REPO_ROOT / "timm_ppconvmixer" / "keyed" / "pretrained"
 DEMO = PRETRAINED / "ppconvmixer_256_8_fmnist.demo"
 DEMO_KEY = PRETRAINED / "fmnist28_demo.PUBLIC.key"
 DEMO_HUB_ID = "hf-hub:timm-ppconvmixer/ppconvmixer_256_8_fmnist.demo"

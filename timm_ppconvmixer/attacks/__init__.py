@@ -1,15 +1,20 @@
 """Attacks on the block-wise encryption, the way the cloud provider (or anyone holding
 encrypted images, a plain/encrypted pair, or a shared model) could run them.
 
-One module per attack; docs/security.md holds the measured results, the threat model and the
-literature. Main entry points:
+docs/security.md holds the measured results, the threat model and the literature. Main entry
+points:
 
 * :func:`recover_key` -- ciphertext-only: K3, K2, K1 from N encrypted images (one key);
 * :func:`known_plaintext_attack` -- from plain/encrypted pairs;
 * :func:`key_from_converted_model`, :func:`block_order_from_p`, :func:`shuffle_from_stem` --
   from a shared model;
 * :func:`score_key`, :func:`score_images` -- the owner's scoring with the true key;
-* :func:`run_attack` -- the whole attack on an encrypted folder or dataset, as a report.
+* :func:`run_attack` -- the whole attack on an encrypted folder or dataset, as a report;
+* ``SCHEME_ATTACKS``, :func:`attack_for` -- each scheme's ciphertext-only attack and scorer.
+
+The modules are grouped by role: :mod:`.solvers` (generic pieces), :mod:`.ciphertext_only` (one
+attack per scheme), :mod:`.known_plaintext` and :mod:`.model_leak` (the other threat models),
+:mod:`.evaluation` (scoring), :mod:`.registry` and :mod:`.report`.
 
 Example:
     >>> from timm_ppconvmixer.attacks import recover_key, AttackInputError
@@ -29,11 +34,13 @@ from .ciphertext_only.pe import recover_pe_key, recover_pe_per_image, score_pe_k
 from .evaluation.scoring import score_images, score_key
 from .known_plaintext import known_plaintext_attack
 from .model_leak import block_order_from_p, key_from_converted_model, shuffle_from_stem
+from .registry import SCHEME_ATTACKS, attack_for
 from .report import run_attack
 from .result import AttackInputError, AttackResult
 from .solvers.priors import GenericPrior, ReferencePrior
 
 __all__ = [
+    "SCHEME_ATTACKS",
     "AttackInputError",
     "AttackResult",
     "GenericPrior",
@@ -54,5 +61,6 @@ __all__ = [
     "score_key",
     "score_pe_key",
     "score_le_key",
+    "attack_for",
     "shuffle_from_stem",
 ]
