@@ -1,6 +1,7 @@
 """Model and dataset cards read back with huggingface_hub's own parsers (timm_ppconvmixer/hub/
-model_card.py, dataset_card.py): the Hub shows what the card says, and nothing custom is
-left where the Hub's metadata does not expect it."""
+model_card.py, dataset_card.py): the Hub shows what the card says, each card is exactly what
+the Hub's own writer gives back, nothing custom is left where the Hub's metadata does not
+expect it, and no card holds key material."""
 
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ from timm_ppconvmixer.hub import (
     model_index,
 )
 from timm_ppconvmixer.hub.dataset_card import CARD_BLOCK
+from timm_ppconvmixer.hub.key_patterns import key_secrets, scan_text
 
 DATASET = {"id": "zalando-datasets/fashion_mnist", "name": "Fashion-MNIST", "split": "test"}
 METRICS = {"top1_key": 0.8125, "top1_plain": 0.1016, "top1_wrong_key": 0.0977}
@@ -48,6 +50,13 @@ def card_text(key) -> str:
     return model_card(
         model, key=key, metrics=METRICS, dataset=DATASET, repo_id="tester/tiny", model_name="tiny"
     )
+
+
+@pytest.fixture(scope="module")
+def unmeasured_card_text(key) -> str:
+    model = timm.create_model("ppconvmixer_256_8", img_size=16, num_classes=3).eval()
+    model.key_fingerprint = key.fingerprint
+    return model_card(model, key=key, repo_id="tester/tiny")
 
 
 def hub_fields(card_data: type) -> set[str]:
@@ -76,13 +85,19 @@ def test_model_card_parses_with_model_card_and_its_eval_results(card_text, key):
     assert key.fingerprint in card.text  # the fingerprint, in the body; never the key
 
 
-def test_model_card_metadata_round_trips_and_holds_only_hub_keys(card_text):
+@pytest.mark.parametrize("fixture", ["card_text", "unmeasured_card_text"])
+def test_model_card_metadata_round_trips_and_holds_only_hub_keys(fixture, request):
+    card_text = request.getfixturevalue(fixture)
+    assert str(ModelCard(card_text)) == card_text  # exactly what the Hub's writer gives back
     meta = front_matter(card_text)
-    known = hub_fields(ModelCardData) | {"model-index"}
+    # the keys ModelCardData writes: eval_results and model_name become model-index
+    known = hub_fields(ModelCardData) - {"eval_results", "model_name"} | {"model-index"}
     assert set(meta) <= known, set(meta) - known  # no custom top-level keys
+    assert ("model-index" in meta) == (fixture == "card_text")
     data = ModelCard(card_text).data
-    # the Hub's own serialiser writes back exactly the model-index the card holds
-    assert eval_results_to_model_index(data.model_name, data.eval_results) == meta["model-index"]
+    if data.eval_results:  # the Hub's serialiser writes back exactly the card's model-index
+        index = eval_results_to_model_index(data.model_name, data.eval_results)
+        assert index == meta["model-index"]
     again = ModelCard(f"---\n{data.to_yaml()}\n---\n{ModelCard(card_text).text}").data
     assert again.to_dict() == data.to_dict()
 
@@ -119,14 +134,27 @@ def test_model_index_is_what_metadata_eval_result_writes():
 def test_dataset_card_round_trips_with_its_facts_under_one_documented_key(key):
     text = dataset_card(key, {"train": 60, "test": 10}, repo_id="tester/enc", class_names=["a"])
     card = DatasetCard(text)
+    assert str(card) == text  # exactly what the Hub's writer gives back
     meta = card.data.to_dict()
     known = hub_fields(DatasetCardData) | {"tags"}  # a Hub dataset field it passes through
     # everything custom lives under `ppconvmixer:` (docs/hub.md), which DatasetCardData keeps
     assert set(meta) - known == {CARD_BLOCK}
     assert meta[CARD_BLOCK]["key_fingerprint"] == key.fingerprint
+    public = {"scheme", "scheme_version", "image_size", "block_size", "channels", "num_blocks"}
+    preparation = {"encrypted", "key_fingerprint", "resize", "image_column", "label_column"}
+    assert set(meta[CARD_BLOCK]) == public | preparation  # the key's public facts, no more
     assert DatasetCardData(**meta).to_dict() == meta
     assert fingerprint_from_card(str(DatasetCard(str(card)))) == key.fingerprint
     assert card.data.task_categories == ["image-classification"]
+
+
+def test_no_card_holds_key_material(card_text, unmeasured_card_text, key):
+    data_card = dataset_card(key, {"train": 60}, repo_id="tester/enc")
+    secrets = key_secrets(key)
+    assert secrets  # the block order, the pixel shuffle and the flip mask (and inverses)
+    for text in (card_text, unmeasured_card_text, data_card):
+        assert scan_text(text, secrets, "README.md") == []  # the leak guard's text scan
+        assert key.to_json() not in text and key.fingerprint in text  # only the fingerprint
 
 
 @pytest.mark.parametrize(

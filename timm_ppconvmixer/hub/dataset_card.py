@@ -1,8 +1,10 @@
-"""The dataset card (``README.md``) of an encrypted dataset on the Hub: YAML metadata the Hub
-and ``datasets`` read (license, task, tags, size, ``configs`` and ``dataset_info``) plus a
-``ppconvmixer`` block with the key's public facts, then how the images were encrypted, how to
-train on them without the key, which augmentations are safe, and where the scheme's security
-is evaluated. The only fact about the key is its fingerprint, scheme and geometry.
+"""The dataset card (``README.md``) of an encrypted dataset on the Hub: metadata built by
+huggingface_hub's ``DatasetCardData`` (license, task, tags, size, and the ``configs`` and
+``dataset_info`` that ``datasets`` reads) with the key's public facts under the one custom key
+``ppconvmixer``, then this project's prose: how the images were encrypted, how to train on
+them without the key, which augmentations are safe, and where the scheme's security is
+evaluated. The only fact about the key is its fingerprint, scheme and geometry. Cards are read
+back with huggingface_hub's own parser, as the Hub reads them.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import yaml
+from huggingface_hub import DatasetCard, DatasetCardData, RepoCard
 
 from ..key import SchemeKey
 from .errors import HubError
@@ -19,6 +22,8 @@ __all__ = ["DATASET_TAGS", "dataset_card", "fingerprint_from_card", "read_front_
 
 DATASET_TAGS = ["privacy-preserving", "block-wise-encryption", "encrypted-images", "timm"]
 CARD_BLOCK = "ppconvmixer"  # the card's YAML key holding the key's public facts
+# what CARD_BLOCK copies from key.describe() besides the fingerprint: never a secret
+PUBLIC_FACTS = ("scheme", "scheme_version", "image_size", "block_size", "channels", "num_blocks")
 
 
 def read_front_matter(card: str) -> dict:
@@ -30,12 +35,12 @@ def read_front_matter(card: str) -> dict:
     """
     if not card.startswith("---"):
         return {}
-    parts = card.split("\n---", 1)
     try:
-        meta = yaml.safe_load(parts[0].removeprefix("---")) if len(parts) == 2 else None
+        return RepoCard(card).data.to_dict()
     except yaml.YAMLError as e:
         raise HubError(f"the card's YAML metadata does not parse ({e}); fix README.md") from None
-    return meta if isinstance(meta, dict) else {}
+    except ValueError:  # metadata that is not a mapping
+        return {}
 
 
 def fingerprint_from_card(card: str) -> str | None:
@@ -58,36 +63,25 @@ def _size_category(n: int) -> str:
     return "100K<n<1M" if n < 1_000_000 else "1M<n<10M"
 
 
-def _metadata(key: SchemeKey, splits: Mapping[str, int], options: Mapping[str, Any]) -> dict:
-    from huggingface_hub import DatasetCardData
-
+def _card_data(
+    key: SchemeKey, splits: Mapping[str, int], options: Mapping[str, Any]
+) -> DatasetCardData:
+    """The card's Hub metadata, the key's public facts under :data:`CARD_BLOCK`, and the
+    ``configs`` / ``dataset_info`` of ``hub_metadata`` (built by ``card_metadata``)."""
     facts = key.describe()
-    block = {
-        "encrypted": True,
-        "key_fingerprint": facts["fingerprint"],
-        "scheme": facts["scheme"],
-        "scheme_version": facts["scheme_version"],
-        "image_size": facts["image_size"],
-        "block_size": facts["block_size"],
-        "channels": facts["channels"],
-        "num_blocks": facts["num_blocks"],
-        "resize": options["resize"],
-        "image_column": options["image_column"],
-        "label_column": options["label_column"],
-    }
-    data = DatasetCardData(
+    block = {"encrypted": True, "key_fingerprint": facts["fingerprint"]}
+    block |= {k: facts[k] for k in PUBLIC_FACTS}
+    block |= {k: options[k] for k in ("resize", "image_column", "label_column")}
+    read_by_datasets = {k: options["hub_metadata"].get(k) for k in ("configs", "dataset_info")}
+    return DatasetCardData(
         license=options["license"],
         task_categories=["image-classification"],
         tags=DATASET_TAGS,
         pretty_name=options["pretty_name"],
         size_categories=[_size_category(sum(splits.values()))],
         **{CARD_BLOCK: block},
+        **read_by_datasets,
     )
-    meta = data.to_dict()
-    for name in ("configs", "dataset_info"):  # what datasets reads: built by card_metadata
-        if options["hub_metadata"].get(name) is not None:
-            meta[name] = options["hub_metadata"][name]
-    return meta
 
 
 def dataset_card(
@@ -110,8 +104,6 @@ def dataset_card(
         >>> card = dataset_card(key, {"train": 60000, "test": 10000}, repo_id="me/fmnist-enc")
         ... # doctest: +SKIP
     """
-    from huggingface_hub import DatasetCard, DatasetCardData
-
     options = {
         "license": license,
         "pretty_name": pretty_name or repo_id.split("/")[-1],
@@ -120,10 +112,9 @@ def dataset_card(
         "label_column": label_column,
         "hub_metadata": dict(hub_metadata or {}),
     }
-    meta = _metadata(key, splits, options)
-    yaml_text = DatasetCardData(**meta).to_yaml()
+    meta = _card_data(key, splits, options).to_yaml()
     body = _body(key, splits, repo_id, class_names, options)
-    return str(DatasetCard(f"---\n{yaml_text}\n---\n\n{body}"))
+    return str(DatasetCard(f"---\n{meta}\n---\n\n{body}"))
 
 
 def _steps(key: SchemeKey, m: int) -> str:

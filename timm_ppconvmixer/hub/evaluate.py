@@ -12,14 +12,13 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
+from huggingface_hub import ModelCard
 from torch import nn
 
 from ..atomic import atomic_write_bytes
 from ..cipher import decrypt, encrypt
 from ..images import prepare_image
 from ..key import SchemeKey
-from .dataset_card import read_front_matter
 from .dataset_stage import check_encrypted_with
 from .errors import HubError
 from .fingerprints import (
@@ -29,7 +28,13 @@ from .fingerprints import (
     parse_dataset_source,
 )
 from .leak_guard import assert_no_key_material
-from .model_card import dataset_reference, model_index, normalize_metrics, results_section
+from .model_card import (
+    FIELD_ORDER,
+    dataset_reference,
+    eval_results,
+    normalize_metrics,
+    results_section,
+)
 from .model_folder import first_line, load_model, transport_errors
 
 __all__ = ["evaluate_with_key", "push_evaluation"]
@@ -149,21 +154,22 @@ def evaluate_with_key(
 
 
 def _with_results(card: str, metrics: dict, data: dict, name: str | None, repo_id: str) -> str:
-    meta = read_front_matter(card)
-    body = card.split("\n---", 1)[1].split("\n", 1)[1] if card.startswith("---") else card
-    index = meta.get("model-index") or [{}]
-    name = name or index[0].get("name") or repo_id.split("/")[-1]
-    meta["model-index"] = model_index(name, metrics, data)
-    meta["datasets"] = sorted({*meta.get("datasets", []), data["id"]})
+    """``card`` with the owner's numbers: its ``model-index`` rebuilt from the metrics'
+    ``EvalResult`` list by huggingface_hub, the dataset added, the Results section replaced;
+    every other field and section kept."""
+    parsed = ModelCard(card)
+    meta = parsed.data
+    meta.model_name = name or meta.model_name or repo_id.split("/")[-1]
+    meta.eval_results = eval_results(metrics, data)
+    meta.datasets = sorted({*(meta.datasets or []), data["id"]})
     section = results_section(metrics, data)
-    head, found, tail = body.partition("## Results\n")
+    head, found, tail = parsed.text.partition("## Results\n")
     if found:
         rest = tail.split("\n## ", 1)
         body = head + section + ("\n## " + rest[1] if len(rest) == 2 else "")
     else:
-        body = body.rstrip("\n") + "\n\n" + section
-    front = yaml.safe_dump(meta, sort_keys=False, allow_unicode=True)
-    return f"---\n{front}---\n{body}"
+        body = parsed.text.rstrip("\n") + "\n\n" + section
+    return str(ModelCard(f"---\n{meta.to_yaml(original_order=FIELD_ORDER)}\n---\n{body}"))
 
 
 def push_evaluation(

@@ -1,6 +1,8 @@
-"""The model card (``README.md``) of a shared model: YAML metadata for the Hub, then the
-model's results, architecture, key facts (only the public fingerprint), usage, privacy notes
-and limitations; and validation of the measured metrics it reports.
+"""The model card (``README.md``) of a shared model: its Hub metadata, built by
+huggingface_hub's ``ModelCardData`` (``model-index`` from one ``EvalResult`` per measured
+top-1 accuracy), then this project's prose: the model's results, architecture, key facts (only
+the public fingerprint and scheme), usage, privacy notes and limitations; and validation of the
+measured metrics it reports. The metadata holds only Hub fields: project facts stay in the body.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+from huggingface_hub.repocard_data import eval_results_to_model_index
 from torch import nn
 
 from ..key import SCHEME, BlockKey
@@ -26,6 +30,7 @@ __all__ = [
     "METRIC_LABELS",
     "TAGS",
     "dataset_reference",
+    "eval_results",
     "model_card",
     "model_index",
     "normalize_metrics",
@@ -42,6 +47,8 @@ METRIC_LABELS = {
     "top1_plain": "plain (unencrypted) test images",
     "top1_wrong_key": "test images encrypted with a different key",
 }
+# the order of the metadata fields, as the shipped cards have them; model-index comes last
+FIELD_ORDER = ["library_name", "pipeline_tag", "license", "tags", "datasets"]
 
 
 # -- metrics, dataset and the model card --------------------------------------------------------
@@ -195,38 +202,33 @@ def _is_exact_permutation(perm: nn.Module | None) -> bool:
     return order is not None and not np.array_equal(order, np.arange(len(order)))
 
 
-def model_index(name: str, metrics: dict, dataset: dict) -> list[dict]:
-    """The Hub's ``model-index`` for top-1 accuracies (:func:`normalize_metrics` output) measured
-    on ``dataset`` (``{"id", "name", "split"}``): one ``accuracy`` entry per measurement.
+def eval_results(metrics: Mapping[str, float], dataset: dict) -> list[EvalResult]:
+    """One Hub ``EvalResult`` (``accuracy``) per top-1 accuracy (:func:`normalize_metrics`
+    output) measured on ``dataset`` (``{"id", "name", "split"}``)."""
+    return [
+        EvalResult(
+            task_type="image-classification",
+            task_name="Image Classification",
+            dataset_type=dataset["id"],
+            dataset_name=dataset["name"],
+            dataset_split=dataset["split"],
+            metric_type="accuracy",
+            metric_value=value,
+            metric_name=f"Top-1 accuracy, {METRIC_LABELS[k]}",
+        )
+        for k, value in metrics.items()
+    ]
+
+
+def model_index(name: str, metrics: Mapping[str, float], dataset: dict) -> list[dict]:
+    """The Hub's ``model-index`` of :func:`eval_results`, as huggingface_hub writes it.
 
     Example:
         >>> data = {"id": "me/d", "name": "d", "split": "test"}
         >>> model_index("tiny", {"top1_key": 0.9}, data)[0]["results"][0]["metrics"][0]["value"]
         0.9
     """
-    return [
-        {
-            "name": name,
-            "results": [
-                {
-                    "task": {"type": "image-classification", "name": "Image Classification"},
-                    "dataset": {
-                        "name": dataset["name"],
-                        "type": dataset["id"],
-                        "split": dataset["split"],
-                    },
-                    "metrics": [
-                        {
-                            "type": "accuracy",
-                            "value": value,
-                            "name": f"Top-1 accuracy, {METRIC_LABELS[k]}",
-                        }
-                        for k, value in metrics.items()
-                    ],
-                }
-            ],
-        }
-    ]
+    return eval_results_to_model_index(name, eval_results(metrics, dataset))
 
 
 def _card_tags(arch: dict) -> list[str]:
@@ -235,20 +237,20 @@ def _card_tags(arch: dict) -> list[str]:
     return TAGS + FAMILY_TAGS[arch["family"]] + adaptnet
 
 
-def _yaml_front_matter(
-    name: str, license: str, metrics: dict, dataset: dict | None, tags: list[str]
-) -> str:
-    meta: dict[str, Any] = {
-        "library_name": "timm",
-        "pipeline_tag": "image-classification",
-        "license": license,
-        "tags": tags,
-    }
-    if dataset is not None:
-        meta["datasets"] = [dataset["id"]]
-    if metrics:
-        meta["model-index"] = model_index(name, metrics, dataset)
-    return "---\n" + yaml.safe_dump(meta, sort_keys=False, allow_unicode=True) + "---\n"
+def _card_data(
+    name: str, license: str, metrics: Mapping[str, float], dataset: dict | None, tags: list[str]
+) -> ModelCardData:
+    """The card's Hub metadata; ``model-index`` comes from the metrics' :func:`eval_results`."""
+    measured = bool(metrics)
+    return ModelCardData(
+        library_name="timm",
+        pipeline_tag="image-classification",
+        license=license,
+        tags=tags,
+        datasets=None if dataset is None else [dataset["id"]],
+        model_name=name if measured else None,
+        eval_results=eval_results(metrics, dataset) if measured else None,
+    )
 
 
 def results_section(metrics: dict, dataset: dict | None) -> str:
@@ -474,7 +476,7 @@ def model_card(
     notes: str | None = None,
     plain_images: bool = False,
 ) -> str:
-    """The model card (``README.md``) of ``model``: YAML metadata for the Hub, then
+    """The model card (``README.md``) of ``model``: Hub metadata (:func:`_card_data`), then
     architecture, key fingerprint, the caller's measurements, usage, recipe, privacy note,
     limitations and citations. It never states a number the caller did not measure, and the
     only fact about the key is its fingerprint and scheme version. ``notes`` (markdown) is
@@ -504,18 +506,23 @@ def model_card(
     arch = {**_architecture(model), "plain_images": plain_images}
     name = model_name or (repo_id.split("/")[-1] if repo_id else arch["architecture"])
     hub_id = repo_id or f"<namespace>/{name}"
-    return "\n".join(
-        [
-            _yaml_front_matter(name, license, values, data, _card_tags(arch)),
-            _overview_section(name, arch, facts, notes),
-            results_section(values, data),
-            _usage_section(hub_id, facts, arch),
-            _recipe_section(recipe),
-            _security_section(facts, arch),
-            _limitations_section(arch),
-            _CITATIONS,
-        ]
-    )
+    sections = [
+        _overview_section(name, arch, facts, notes),
+        results_section(values, data),
+        _usage_section(hub_id, facts, arch),
+        _recipe_section(recipe),
+        _security_section(facts, arch),
+        _limitations_section(arch),
+        _CITATIONS,
+    ]
+    return _card(_card_data(name, license, values, data, _card_tags(arch)), sections)
+
+
+def _card(meta: ModelCardData, sections: list[str]) -> str:
+    """``README.md``: ``meta`` as huggingface_hub writes it (fields in :data:`FIELD_ORDER`), then
+    the sections; read back by ``ModelCard`` as the Hub reads it."""
+    body = "\n".join(sections)
+    return str(ModelCard(f"---\n{meta.to_yaml(original_order=FIELD_ORDER)}\n---\n\n{body}"))
 
 
 def _notes(notes: str | None) -> str:
