@@ -95,7 +95,8 @@ def test_benchmarks_are_at_most_twelve_scripts_each_in_the_index():
     assert unlisted == []
 
 
-# Tracker words: "issue" followed by a number or a colon, "(issue", or a hash and a number.
+# Tracker words: the word issue followed by a number or a colon, an opening bracket before it,
+# or a hash before a number.
 ISSUE_REFERENCE = re.compile(r"\bissues?\s*(?:#?\d|:)|\(issue\b|(?<![\w/&-])#\d{1,3}\b", re.I)
 
 
