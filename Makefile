@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 TIMM_SUITE_DIR ?= .cache/timm-suite
 
-.PHONY: setup demo test lint timm-suite bench
+.PHONY: setup demo test lint docs-check timm-suite bench
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -21,6 +21,10 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
+
+# The README and docs/ agree with results/, and the README's Python blocks run.
+docs-check: setup
+	$(BIN)/python scripts/render_docs.py --check
 
 timm-suite: setup
 	bash scripts/run_timm_model_tests.sh $(BIN)/python $(TIMM_SUITE_DIR)
