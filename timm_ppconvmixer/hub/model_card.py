@@ -406,23 +406,22 @@ def _security_section(key: dict, arch: dict) -> str:
         )
     return f"""## Security: what the encryption protects, and what it does not
 
-The timm-ppconvmixer project attacks its own encryption (its `docs/security.md` and
-`ppconvmixer attack`). Measured there with 5 keys per setting:
+The timm-ppconvmixer project attacks its own encryption (`ppconvmixer attack`; every scheme,
+number of images and key is measured in its `docs/security.md`):
 
 * **Not protected: the images against whoever holds many of them.** One pixel shuffle and flip
-  mask serve every block and one block order every image, so a party holding about 100 images
-  encrypted with one key (as the party that trained this model did) recovered the whole key and
-  decrypted every image exactly, ciphertext-only: Fashion-MNIST 28x28/4 from 100 images, for
-  every key; 224x224 RGB photographs with block 16 from 100 (from 10 for 3 of 5 keys). One
+  mask serve every block and one block order every image, so every image encrypted with one key
+  is a sample of the same secret. From as many images as it takes to train a model, the
+  project's ciphertext-only attack recovered the key and decrypted the images (Fashion-MNIST
+  28x28 with block 4; 224x224 photographs with block 16, for some keys as mirrored copies). One
   plain/encrypted pair gives the pixel shuffle and flips, and all of the block order but
   identical blocks.
 * **Not protected: the key against the weights.** A model converted from public plain weights
-  (`timm_ppconvmixer.keyed.convert.encrypt_model`) gives the exact key to anyone who knows those
-  weights (block order from P, shuffle and flips from the patch embedding); a P trained towards
-  a permutation states the block order. The key **fingerprint** ({fingerprint}) is safe to
+  (`timm_ppconvmixer.encrypt_model`) gives the exact key to anyone who knows those weights
+  (block order from P, shuffle and flips from the patch embedding); a P trained towards a
+  permutation states the block order. The key **fingerprint** ({fingerprint}) is safe to
   publish; the **weights are not key-free** in that sense.
-* **What it still does:** a single encrypted image does not show its content to a person
-  without tools, and the model runs on transformed inputs. Treat the scheme as an obfuscation;
+* **What it does:** the model runs on transformed inputs. Treat the scheme as an obfuscation;
   share encrypted data and these weights only with parties you could give the plain data.
 {warning}* The key file itself never travels with the model: this repository holds only its
   fingerprint, checked by a leak guard before upload.
@@ -434,10 +433,11 @@ def _other_scheme_security_section(key: dict) -> str:
 
 The `{key["scheme"]}` scheme is a perceptual encryption, not a standard cipher: treat it as an
 obfuscation, and share encrypted data and these weights only with parties you could give the
-plain data. The timm-ppconvmixer project attacks its schemes (`ppconvmixer attack`,
-`timm_ppconvmixer/attacks/`; the block-wise scheme's measured results are in its
-`docs/security.md`). The key **fingerprint** (`{key["fingerprint"]}`) is safe to publish; the key
-file itself never travels with the model (a leak guard checks every file before upload).
+plain data. The timm-ppconvmixer project attacks every one of its schemes the way the holder of
+the encrypted data could (`ppconvmixer attack`; measured per scheme, number of images and key
+in its `docs/security.md`). The key **fingerprint** (`{key["fingerprint"]}`) is safe to
+publish; the key file itself never travels with the model (a leak guard checks every file
+before upload).
 """
 
 
