@@ -120,7 +120,7 @@ def report(out: Path, summary: dict) -> Path:
         f"recovered {100 * k['K1']:.0f} % of the block order, {100 * k['K2']:.0f} % of the pixel "
         f"shuffle and {100 * k['K3']:.0f} % of the flip mask, and decrypted "
         f"{100 * a['exact_images']:.1f} % of those images exactly. The encryption does not keep "
-        "the images from the party that trains on them (README, Security)."
+        "the images from the party that trains on them (docs/security.md)."
     )
     text = f"""# timm-ppconvmixer demo report
 

@@ -9,14 +9,15 @@ cards name it) matches each column of ``W'`` to the column of ``W`` it is a mult
 ``|cosine| = 1``, Hungarian method over all columns), reads K3 from the sign of the multiple, and
 K1 from the rows of P (``argmax`` when the plain model had no P, i.e. ``P = I``). Exact.
 
-(b) **Trained from scratch on encrypted data**: P is learned, and the README's demo shows it does
-not converge to the inverse block permutation in one epoch; :func:`block_order_from_p` reads
-the nearest permutation (Hungarian method, as ``harden_permutation``) and the owner scores it
-with :func:`~.scoring.score_key`. The stem, however, is a bank of filters applied to shuffled
-and flipped patches: :func:`shuffle_from_stem` runs the ciphertext-only K3/K2 steps
-(:mod:`.flip_mask`, :mod:`.pixel_shuffle`) on its columns, treating the output filters as
-samples (learned filters of natural images are smooth, so neighbouring pixels' weights
-correlate, the same statistics that break the encrypted images).
+(b) **Trained from scratch on encrypted data**: P is learned, and the demo (docs/training.md)
+shows it does not converge to the inverse block permutation in one epoch;
+:func:`block_order_from_p` reads the nearest permutation (Hungarian method, as
+``harden_permutation``) and the owner scores it with :func:`~.evaluation.scoring.score_key`. The
+stem, however, is a bank of filters applied to shuffled and flipped patches:
+:func:`shuffle_from_stem` runs the ciphertext-only K3/K2 steps (:mod:`.solvers.flip_mask`,
+:mod:`.solvers.pixel_shuffle`) on its columns, treating the output filters as samples (learned
+filters of natural images are smooth, so neighbouring pixels' weights correlate, the same
+statistics that break the encrypted images).
 
 Example:
     >>> import timm, torch

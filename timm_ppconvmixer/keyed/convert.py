@@ -194,7 +194,7 @@ def encrypt_model(model: nn.Module, key: BlockKey, *, mean=None, std=None) -> PP
 
     The returned model's ``pretrained_cfg`` records the mean/std and input size, and its
     ``key_fingerprint`` the key's fingerprint (never the key). Its weights do carry key
-    information; see the README.
+    information; see docs/security.md.
 
     Example:
         >>> import timm

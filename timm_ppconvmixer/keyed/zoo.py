@@ -15,8 +15,7 @@ nothing key-derived is downloaded or uploaded. The key (a
 :class:`~timm_ppconvmixer.key.BlockKey` or a key file path) is used once and dropped: the model
 records only ``key_fingerprint``, and the key never enters ``pretrained_cfg``, the recorded
 model arguments (``config.json``) or a message. The converted weights do reveal the key to
-anyone holding the public plain weights (README,
-"What the encryption protects").
+anyone holding the public plain weights (docs/security.md, "Threat model").
 
 This module also registers the three architectures (``ppconvmixer_768_32``,
 ``ppconvmixer_1024_20_ks9_p14``, ``ppconvmixer_1536_20``): without ``pretrained=True`` they
