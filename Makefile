@@ -29,7 +29,7 @@ docs-check: setup
 timm-suite: setup
 	bash scripts/run_timm_model_tests.sh $(BIN)/python $(TIMM_SUITE_DIR)
 
-test: setup lint
+test: setup lint docs-check
 	$(BIN)/python -m pytest -q
 	$(BIN)/python -m pytest -q -m slow
 	$(MAKE) timm-suite
