@@ -1,13 +1,15 @@
 """The ciphertext-only attack from few images (the few-images regime), real data.
 
-What must hold, each measured in docs/security_few_images.md and failed by the attack before
-that change: K2 from 2 Fashion-MNIST images (k-nearest-neighbour layout restarts); a 100-image
-Fashion-MNIST sample whose K2 layout used to fold (the image exact now, 8.4 dB before); and two
-photographs at the paper's geometry (224/16) decrypted exactly up to the symmetries no
-ciphertext-only attacker can resolve (channels grouped by the nearest-neighbour graph; 11.4 dB
-before); and K3 of photographs whose blue channel anti-correlates with green (a whole
-channel complemented before). Each is a run of the few-images regime of
-benchmarks/security_eval.py (``benchmarks/security/runs.py``): its samples, attack and scoring.
+What must hold, each measured in docs/security_few_images.md, and each failed by the attack
+without the step its page names ("The three steps", and the appendix's table of the attack
+without them): K2 from 2 Fashion-MNIST images (k-nearest-neighbour layout restarts); a
+100-image Fashion-MNIST sample whose K2 layout folds without the 8-neighbour start (8.4 dB
+instead of exact); two photographs at the paper's geometry (224/16) decrypted exactly up to the
+symmetries no ciphertext-only attacker can resolve (channels grouped by the nearest-neighbour
+graph; 11.4 dB without it); and K3 of photographs whose blue channel anti-correlates with green
+(a whole channel complemented without the vote of the channel signs). Each is a run of the
+few-images regime of benchmarks/security_eval.py (``benchmarks/security/runs.py``): its samples,
+attack and scoring.
 """
 
 from __future__ import annotations
@@ -41,12 +43,12 @@ def fashion_runs(fmnist, tmp_path_factory):
 
 @pytest.mark.parametrize("seed", [1000, 1002])
 def test_k2_from_two_fashion_mnist_images(fashion_runs, seed):
-    # before: K2 25 % (seed 1000) and 31 % (seed 1002) up to symmetry from these 2 images
+    # without the layout restarts: K2 25 % (seed 1000) and 31 % (seed 1002) up to symmetry
     assert fashion_runs[(seed, 2)]["key"]["K2"] == 1.0
 
 
-def test_folded_k2_layout_no_longer_loses_100_fashion_mnist_images(fashion_runs):
-    # before: K2 25 %, K1 6 %, PSNR 8.4 dB, SSIM 0.09 on this sample (the layout folded)
+def test_the_k2_layout_does_not_fold_on_100_fashion_mnist_images(fashion_runs):
+    # without the 8-neighbour start: K2 25 %, K1 6 %, PSNR 8.4 dB, SSIM 0.09 (the layout folds)
     row = fashion_runs[(1002, 100)]
     assert row["scored_images"] == 100  # every attacked image judged
     assert row["psnr"] >= 99.0
@@ -64,13 +66,13 @@ def _photo_run(seed: int, n: int) -> dict:
 
 @pytest.mark.parametrize(("seed", "n"), [(1000, 2), (1003, 10)])
 def test_few_photographs_at_224_16_decrypt_up_to_symmetry(seed, n):
-    # before: 11.4 dB / SSIM 0.24 (seed 1000, 2 photographs: channels mixed by the grouping)
-    # and 14.2 dB / 0.30 (seed 1003, 10 photographs: channels mixed, a channel layout folded)
+    # without the channel grouping: 11.4 dB / SSIM 0.24 (seed 1000, 2 photographs: channels
+    # mixed) and 14.2 dB / 0.30 (seed 1003, 10 photographs: channels mixed, a layout folded)
     row = _photo_run(seed, n)
     assert row["psnr_sym"] >= 30.0
     assert row["ssim_sym"] >= 0.95
 
 
 def test_anticorrelated_channels_keep_k3():
-    # before: K3 66.7 % (the blue channel complemented) from these 5 photographs
+    # without the vote of the channel signs: K3 66.7 % (the blue channel complemented)
     assert _photo_run(1003, 5)["key"]["K3"] == 1.0

@@ -13,8 +13,8 @@ Steps, for an 8-bit image of C channels, H x W, blocks of M x M (H, W multiples 
    position of the shuffled vector becomes ``255 - v``;
 5. put the blocks back together.
 
-Faithfulness: as in the paper. Key files of this scheme (``"ppconvmixer-blockwise"``, version
-1) written before the scheme family existed load unchanged, with the same fingerprint.
+Faithfulness: as in the paper. A key file without a ``scheme`` field is a file of this scheme
+(``"ppconvmixer-blockwise"``, version 1) and loads with the same fingerprint.
 
 Example:
     >>> key = BlockKey.generate(image_size=224, block_size=16, seed=0)
