@@ -58,20 +58,12 @@ def test_the_committed_docs_agree_with_results(tree: Path):
     assert _documents_with(render_docs.FIGURE, tree), "no rendered figure in README or docs/"
 
 
-def test_one_digit_changed_in_a_rendered_table_fails_the_check(tree: Path):
-    for path in _documents_with(render_docs.TABLE, tree):
+@pytest.mark.parametrize("region", ["TABLE", "FIGURE"])
+def test_one_digit_changed_in_a_rendered_region_fails_the_check(tree: Path, region: str):
+    pattern = getattr(render_docs, region)
+    for path in _documents_with(pattern, tree):
         original = path.read_text()
-        m = next(render_docs.TABLE.finditer(original))
-        path.write_text(_first_digit_changed(original, m.span("body")))
-        proc = _check(tree, "--no-blocks")
-        assert proc.returncode == 1 and path.name in proc.stderr
-        path.write_text(original)
-
-
-def test_one_digit_changed_in_a_rendered_figure_fails_the_check(tree: Path):
-    for path in _documents_with(render_docs.FIGURE, tree):
-        original = path.read_text()
-        m = next(render_docs.FIGURE.finditer(original))
+        m = next(pattern.finditer(original))
         path.write_text(_first_digit_changed(original, m.span("body")))
         proc = _check(tree, "--no-blocks")
         assert proc.returncode == 1 and path.name in proc.stderr
