@@ -206,8 +206,8 @@ def main(argv: list[str] | None = None) -> dict:
         variation=variation,
         demo=demo,
     )
-    md += f"\nMade by `{' '.join(prov['argv'])}` at commit {prov['git']['commit']}"
-    md += f"{' (dirty work tree)' if prov['git']['dirty'] else ''}, {prov['date']}.\n"
+    md += f"\nMade by `{prov['command']}` at commit {prov['commit']}"
+    md += f"{' (dirty work tree)' if prov['dirty'] else ''}, {prov['date']}.\n"
     write_text(out / "security_eval.md", md)
     print(md)
     print(f"total {time.perf_counter() - t0:.0f} s")

@@ -2,9 +2,10 @@
 atomic writes (a temporary file beside the target, then ``os.replace``: a reader never sees half
 a file, a stopped run never leaves one).
 
-``provenance(argv)``: the exact command line, the git commit of the checkout (and whether its
-work tree differs from it), the date (UTC, ISO 8601) and the machine (platform, Python, CPU
-count, torch, timm and numpy versions).
+``provenance(argv)``: the fields every results file carries (results/README.md): the exact
+command line, the git commit of the checkout (and whether its work tree differs from it), the
+date (UTC, ISO 8601) and the machine (platform, Python, CPU count, torch threads, torch, timm
+and numpy versions).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shlex
 import subprocess
 import sys
 from datetime import datetime, timezone
@@ -43,26 +45,28 @@ def provenance(argv: list[str] | None = None) -> dict[str, Any]:
     command = list(sys.argv) if argv is None else [sys.argv[0], *argv]
     status = _git("status", "--porcelain")
     return {
+        "command": shlex.join(["python", *command]),
         "argv": command,
-        "git": {
-            "commit": _git("rev-parse", "HEAD"),
-            "dirty": None if status is None else bool(status),
-        },
+        "commit": _git("rev-parse", "HEAD"),
+        "dirty": None if status is None else bool(status),
         "date": datetime.now(timezone.utc).isoformat(),
         "machine": {
             "platform": platform.platform(),
             "python": platform.python_version(),
             "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__,
             "timm": timm.__version__,
             "numpy": np.__version__,
         },
+        "concurrent": None,  # not observed by the runner: say it when publishing the file
+        "source": "benchmarks/security_eval.py",
     }
 
 
 def stamp(prov: dict[str, Any]) -> dict[str, Any]:
     """What each run records of the invocation that measured it (its ``date`` is its own)."""
-    return {"commit": prov["git"]["commit"], "dirty": prov["git"]["dirty"]}
+    return {"commit": prov["commit"], "dirty": prov["dirty"]}
 
 
 def write_text(path: Path, text: str) -> None:
