@@ -10,7 +10,7 @@ accelerate, safetensors and huggingface_hub but not ``datasets`` (synthetic imag
    bit for bit (deterministic algorithms on for this part).
 4. Peak memory (CUDA ``max_memory_allocated`` per part; peak RSS on CPU).
 
-    python benchmarks/gpu_check.py [--json gpu_check.json]          # one H200: a few minutes
+    python benchmarks/gpu_check.py [--json gpu_check.json]          # on a CUDA GPU
     python benchmarks/gpu_check.py --device cpu --tiny               # CI (tests/test_gpu_check.py)
 
 Exit status 1 when the resumed weights differ from the uninterrupted run's.

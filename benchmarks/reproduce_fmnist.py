@@ -11,7 +11,8 @@ identity initialisation); the plain model converted with ``encrypt_model`` (no t
 the encrypted models: accuracy with the correct key, on plain images and with a wrong key, and
 how much of the block permutation P recovered. Every row trains with ``recipes/train.py``.
 
-Run (the README's table comes from this command):
+Run (the table of ``docs/reproduction.md``, "The ConvMixer rows on Fashion-MNIST, two
+geometries", comes from this command):
 
     python benchmarks/reproduce_fmnist.py --out outputs/reproduce
 

@@ -1,10 +1,10 @@
 """Encryption as a timm / torchvision transform, and timm's ``create_transform`` around it.
 
-Data flow on the owner's side (``docs/design.md`` section 4): image -> timm augmentation in the
-plain domain -> resize/crop to the key's size -> encrypt -> normalise -> model. Encryption must come
-after every spatial or photometric augmentation (they would break the block grid or act on
-scrambled pixels) and before normalisation (the negative-positive transformation is defined on
-pixel values, paper Sec. III-A step 4).
+Data flow on the owner's side (``docs/design.md`` section 2b, "Data flow"): image -> timm
+augmentation in the plain domain -> resize/crop to the key's size -> encrypt -> normalise ->
+model. Encryption must come after every spatial or photometric augmentation (they would break
+the block grid or act on scrambled pixels) and before normalisation (the negative-positive
+transformation is defined on pixel values, paper Sec. III-A step 4).
 """
 
 from __future__ import annotations

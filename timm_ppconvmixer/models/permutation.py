@@ -79,7 +79,9 @@ PERMUTATION_PARAMS = ("dense", "sinkhorn")
 # weight elsewhere at tau = 1, so P starts close to that permutation and can still move.
 SINKHORN_INIT_LOGIT = 10.0
 
-permutation_penalty = madono_penalty  # the paper's L_U (Eq. (1)); kept under its old name
+# The default penalty, the paper's L_U (Eq. (1)), under the name the package exports
+# (``timm_ppconvmixer.permutation_penalty``, and the models' ``permutation_penalty()``).
+permutation_penalty = madono_penalty
 permutation_penalty_grad = madono_penalty_grad
 
 

@@ -116,7 +116,7 @@ class SchemeKey:
             self._secrets[f.name] = validated(f, secret_values[f.name], self._geometry_text())
         # A secret salt makes the public fingerprint useless for checking guesses of the key
         # (e.g. a block order read off a trained P, plus a search over the rest).
-        # (An empty salt: a key file written before salting; its fingerprint stays unsalted.)
+        # (An empty salt: a key file without a salt; its fingerprint is unsalted.)
         self._salt = secrets.token_bytes(SALT_BYTES) if salt is None else bytes(salt)
         if len(self._salt) not in (0, SALT_BYTES):
             raise InvalidKeyError(f"salt must be {SALT_BYTES} bytes, got {len(self._salt)}")
@@ -403,7 +403,7 @@ class SchemeKey:
         if missing:
             raise InvalidKeyError(f"key file lacks field(s) {', '.join(missing)}")
         values = {f.name: parse_field(f, data[f.name]) for f in fields}
-        salt = bytes.fromhex(data.get("salt", ""))  # no salt: an unsalted early key file
+        salt = bytes.fromhex(data.get("salt", ""))  # no salt field: an unsalted fingerprint
         return cls(size, data["block_size"], data["channels"], salt=salt, **values)
 
     @classmethod
