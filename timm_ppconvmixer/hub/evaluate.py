@@ -29,7 +29,7 @@ from .fingerprints import (
 )
 from .leak_guard import assert_no_key_material
 from .model_card import (
-    FIELD_ORDER,
+    card_text,
     dataset_reference,
     eval_results,
     normalize_metrics,
@@ -169,7 +169,7 @@ def _with_results(card: str, metrics: dict, data: dict, name: str | None, repo_i
         body = head + section + ("\n## " + rest[1] if len(rest) == 2 else "")
     else:
         body = parsed.text.rstrip("\n") + "\n\n" + section
-    return str(ModelCard(f"---\n{meta.to_yaml(original_order=FIELD_ORDER)}\n---\n{body}"))
+    return card_text(meta, body)
 
 
 def push_evaluation(

@@ -29,6 +29,7 @@ from .file_scan import permutation_of_matrix
 __all__ = [
     "METRIC_LABELS",
     "TAGS",
+    "card_text",
     "dataset_reference",
     "eval_results",
     "model_card",
@@ -518,11 +519,16 @@ def model_card(
     return _card(_card_data(name, license, values, data, _card_tags(arch)), sections)
 
 
-def _card(meta: ModelCardData, sections: list[str]) -> str:
+def card_text(meta: ModelCardData, body: str) -> str:
     """``README.md``: ``meta`` as huggingface_hub writes it (fields in :data:`FIELD_ORDER`), then
-    the sections; read back by ``ModelCard`` as the Hub reads it."""
-    body = "\n".join(sections)
-    return str(ModelCard(f"---\n{meta.to_yaml(original_order=FIELD_ORDER)}\n---\n\n{body}"))
+    ``body`` (the markdown after the closing ``---`` line); read back by ``ModelCard`` as the Hub
+    reads it. The one place a model card is written, by the export and by the owner's
+    evaluation."""
+    return str(ModelCard(f"---\n{meta.to_yaml(original_order=FIELD_ORDER)}\n---\n{body}"))
+
+
+def _card(meta: ModelCardData, sections: list[str]) -> str:
+    return card_text(meta, "\n" + "\n".join(sections))
 
 
 def _notes(notes: str | None) -> str:
