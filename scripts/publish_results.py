@@ -5,53 +5,37 @@ with the provenance every results file carries (results/README.md).
         --command "python recipes/demo.py --out outputs/demo" --concurrent "nothing else ran" \
         --keep eval total_time_s train_time_s train_images test_images attack
 
-``--keep`` picks top-level fields of the run's JSON (default: all of it). The commit is the
-checkout's (with a flag when its work tree differs from it), the date the run file's
-modification time, the machine this one: publish on the machine that ran it.
+``--keep`` picks top-level fields of the run's JSON (default: all of it). The provenance is the
+benchmarks' own (``benchmarks/security/provenance.py``): the checkout's commit (with a flag when
+its work tree differs from it) and this machine, so publish on the machine that ran it; the
+date is the run file's modification time.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import subprocess
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _git(*args: str) -> str:
-    return subprocess.run(
-        ["git", *args], cwd=ROOT, capture_output=True, text=True, check=True
-    ).stdout.strip()
-
-
-def machine() -> dict:
-    """This machine: CPU cores, torch's thread count, platform, Python and torch versions."""
-    import torch
-
-    return {
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-    }
+sys.path.insert(0, str(ROOT / "benchmarks"))
+# the one provenance every results file carries: the benchmarks' own
+from security.provenance import provenance as this_checkout  # noqa: E402
+from security.provenance import write_json  # noqa: E402
 
 
 def provenance(run: Path, command: str, concurrent: str | None) -> dict:
+    """The checkout's commit and this machine, for a run that ``command`` made (dated by the
+    run file's modification time)."""
+    prov = this_checkout()
+    del prov["argv"]  # this script's own command line, not the run's
     date = datetime.fromtimestamp(run.stat().st_mtime, timezone.utc)
     return {
+        **prov,
         "command": command,
-        "commit": _git("rev-parse", "HEAD"),
-        "dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
         "date": date.isoformat(timespec="seconds"),
-        "machine": machine(),
         "concurrent": concurrent,
         "source": f"{run} (published with scripts/publish_results.py)",
     }
@@ -77,10 +61,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         figures = {k: figures[k] for k in args.keep}
     out = args.into / args.name
-    tmp = out.with_name(f".{out.name}.tmp")
-    data = {"provenance": provenance(args.run, args.command, args.concurrent), **figures}
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    os.replace(tmp, out)
+    write_json(out, {"provenance": provenance(args.run, args.command, args.concurrent), **figures})
     print(f"wrote {out}")
     return 0
 
