@@ -115,28 +115,21 @@ def render_value(value: Any, spec: str = "") -> str:
 
 def render_template(template: str, row: Any) -> str:
     """``template`` (see the module docstring) filled from ``row``."""
-    values = [lookup(row, m["path"]) for m in FIELD.finditer(template)]
-    if values and all(v is None for v in values):
+    fields = list(FIELD.finditer(template))
+    if fields and all(lookup(row, m["path"]) is None for m in fields):
         return DASH
 
-    def fill(text: str) -> str | None:
-        out, missing = [], False
+    def fill(text: str) -> str | None:  # None when a value inside ``text`` is missing
+        matches = list(FIELD.finditer(text))
+        values = [lookup(row, m["path"]) for m in matches]
+        if any(v is None for v in values):
+            return None
+        rendered = iter(
+            [render_value(v, m["spec"] or "") for v, m in zip(values, matches, strict=True)]
+        )
+        return FIELD.sub(lambda _: next(rendered), text)
 
-        def one(m: re.Match) -> str:
-            nonlocal missing
-            value = lookup(row, m["path"])
-            if value is None:
-                missing = True
-                return ""
-            return render_value(value, m["spec"] or "")
-
-        out = FIELD.sub(one, text)
-        return None if missing else out
-
-    def optional(m: re.Match) -> str:
-        return fill(m["inner"]) or ""
-
-    filled = fill(OPTIONAL.sub(optional, template))
+    filled = fill(OPTIONAL.sub(lambda m: fill(m["inner"]) or "", template))
     return DASH if filled is None else filled
 
 
@@ -194,7 +187,8 @@ def render_text(text: str, results: Path = RESULTS, cache: dict | None = None) -
 def stale(paths: Iterable[Path], results: Path = RESULTS) -> list[Path]:
     """The documents whose marked regions differ from what ``results`` renders."""
     cache: dict = {}
-    return [p for p in paths if render_text(p.read_text(), results, cache) != p.read_text()]
+    texts = {p: p.read_text() for p in paths}
+    return [p for p, text in texts.items() if render_text(text, results, cache) != text]
 
 
 def python_blocks(text: str) -> list[str]:
