@@ -181,16 +181,23 @@ def _top1(e: dict) -> str:
     )
 
 
+def _table(header: list[str], rows: list[list[Any]], rule: str = " --- ") -> str:
+    """A markdown table: ``header``, the separator line it implies, one line per row."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(rule for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
 def cross_scheme_markdown(rows: list[dict[str, Any]]) -> str:
     """The cross-scheme table (one row per scheme)."""
     never = "not reached"
-    lines = [
-        "| scheme | top-1 (Table I reproduction, Fashion-MNIST) | N: recognisable (classifier "
-        "within 5 points of plain) | N: exact images | SSIM at the largest N | attack s at the "
-        "largest N | photographs 224: PSNR / SSIM at N = 2, 3, 5, 10 | photographs: N for "
-        "exact images |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
-    ]
+    header = [
+        "scheme", "top-1 (Table I reproduction, Fashion-MNIST)",
+        "N: recognisable (classifier within 5 points of plain)", "N: exact images",
+        "SSIM at the largest N", "attack s at the largest N",
+        "photographs 224: PSNR / SSIM at N = 2, 3, 5, 10", "photographs: N for exact images",
+    ]  # fmt: skip
+    out = []
     for r in rows:
         t1 = r["table1"]
         acc = f"{100 * t1['top1']:.2f} % ({t1['row']})" if t1 else "-"
@@ -210,97 +217,82 @@ def cross_scheme_markdown(rows: list[dict[str, Any]]) -> str:
                 v if v in (never, "-") else "any (each image alone)"
                 for v in (rec, exact, photo_exact)
             )
-        lines.append(
-            f"| {r['scheme']} | {acc} | {rec} | {exact} | "
-            f"{_mw(r.get('ssim_largest_N'), False, 3)} (N = {r.get('largest_N', '-')}) | "
-            f"{_mw(r.get('seconds_largest_N'), False, 2)} | {'; '.join(cells)} | {photo_exact} |"
-        )
-    return "\n".join(lines) + "\n"
+        ssim = f"{_mw(r.get('ssim_largest_N'), False, 3)} (N = {r.get('largest_N', '-')})"
+        seconds = _mw(r.get("seconds_largest_N"), False, 2)
+        out.append([r["scheme"], acc, rec, exact, ssim, seconds, "; ".join(cells), photo_exact])
+    return _table(header, out)
 
 
 def entries_markdown(table: list[dict]) -> str:
     """Every (scheme, setting, N) entry: the scheme's key parts (median), images, top-1, s."""
-    lines = [
-        "| scheme | setting | N | keys | key parts (median) | exact images % | PSNR dB | SSIM | "
-        "top-1 rec. % (plain / enc.) | s |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
-    ]
+    header = [
+        "scheme", "setting", "N", "keys", "key parts (median)", "exact images %", "PSNR dB",
+        "SSIM", "top-1 rec. % (plain / enc.)", "s",
+    ]  # fmt: skip
+    out = []
     for e in table:
         key = e.get("key", {})
         parts = attack_for(e["scheme"]).key_parts
         cells = ", ".join(f"{p} {100 * key[p][0]:.1f} %" for p in parts if p in key) or "-"
-        lines.append(
-            f"| {e['scheme']} | {_label(e)} | {e['N']} | {e['keys']} | {cells} | "
-            f"{_mw(e['exact_images'])} | {_mw(e['psnr'], False)} | {_mw(e['ssim'], False, 3)} "
-            f"| {_top1(e)} | {_mw(e['seconds'], False, 2)} |"
-        )
-    return "\n".join(lines) + "\n"
+        out.append([
+            e["scheme"], _label(e), e["N"], e["keys"], cells, _mw(e["exact_images"]),
+            _mw(e["psnr"], False), _mw(e["ssim"], False, 3), _top1(e), _mw(e["seconds"], False, 2),
+        ])  # fmt: skip
+    return _table(header, out)
 
 
 def blockwise_markdown(table: list[dict]) -> str:
     """The block-wise scheme per setting and N (docs/security.md "Measured results")."""
-    lines = [
-        "| setting | N | K1 % | K2 % | K3 % | exact images % | PSNR dB | SSIM | top-1 rec. % "
-        "(plain / enc.) | prior right | time s (max) |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
-    ]
+    header = [
+        "setting", "N", "K1 %", "K2 %", "K3 %", "exact images %", "PSNR dB", "SSIM",
+        "top-1 rec. % (plain / enc.)", "prior right", "time s (max)",
+    ]  # fmt: skip
+    out = []
     for e in table:
         k = e["key"]
-        lines.append(
-            f"| {_label(e)} | {e['N']} | {_mw(k['K1'])} | {_mw(k['K2'])} | {_mw(k['K3'])} | "
-            f"{_mw(e['exact_images'])} | {_mw(e['psnr'], False)} | {_mw(e['ssim'], False, 3)} | "
-            f"{_top1(e)} | {e['orientation_right']}/{e['keys']} | "
-            f"{e['seconds'][0]:.1f} ({e['seconds'][1]:.1f}) |"
-        )
-    return "\n".join(lines) + "\n"
+        out.append([
+            _label(e), e["N"], _mw(k["K1"]), _mw(k["K2"]), _mw(k["K3"]), _mw(e["exact_images"]),
+            _mw(e["psnr"], False), _mw(e["ssim"], False, 3), _top1(e),
+            f"{e['orientation_right']}/{e['keys']}",
+            f"{e['seconds'][0]:.1f} ({e['seconds'][1]:.1f})",
+        ])  # fmt: skip
+    return _table(header, out)
 
 
 def known_plaintext_markdown(kp: list[dict]) -> str:
-    lines = [
-        "| setting | pairs | K1 % | K2 % | K3 % | other images exact % |",
-        "| --- | --- | --- | --- | --- | --- |",
-    ]
+    fields = ("K1_exact", "K2_exact", "K3_exact", "other_images_exact")
+    out = []
     for name in dict.fromkeys(r["setting"] for r in kp):
         for pairs in (1, 2):
             rs = [r for r in kp if r["setting"] == name and r["pairs"] == pairs]
-            med = {
-                f: float(np.median([r[f] for r in rs]))
-                for f in ("K1_exact", "K2_exact", "K3_exact", "other_images_exact")
-            }
-            lines.append(
-                f"| {name} | {pairs} | {100 * med['K1_exact']:.1f} | {100 * med['K2_exact']:.1f} | "
-                f"{100 * med['K3_exact']:.1f} | {100 * med['other_images_exact']:.1f} |"
+            out.append(
+                [name, pairs, *(f"{100 * np.median([r[f] for r in rs]):.1f}" for f in fields)]
             )
-    return "\n".join(lines) + "\n"
+    return _table(["setting", "pairs", "K1 %", "K2 %", "K3 %", "other images exact %"], out)
 
 
 def variation_markdown(rows: list[dict]) -> str:
-    lines = [
-        "| setting | N | draws | key recovered (up to symmetry) | images exact (median, worst) |",
-        "| --- | --- | --- | --- | --- |",
-    ]
+    out = []
     for name in dict.fromkeys(r["setting"] for r in rows):
         for n in dict.fromkeys(r["N"] for r in rows if r["setting"] == name):
             rs = [r for r in rows if r["setting"] == name and r["N"] == n]
             full = sum(r["key"]["K1"] == r["key"]["K2"] == r["key"]["K3"] == 1.0 for r in rs)
             ex = np.array([r["exact_images"] for r in rs])
-            lines.append(
-                f"| {name} | {n} | {len(rs)} | {full}/{len(rs)} | "
-                f"{100 * np.median(ex):.1f} %, {100 * ex.min():.1f} % |"
-            )
-    return "\n".join(lines) + "\n"
+            exact = f"{100 * np.median(ex):.1f} %, {100 * ex.min():.1f} %"
+            out.append([name, n, len(rs), f"{full}/{len(rs)}", exact])
+    header = ["setting", "N", "draws", "key recovered (up to symmetry)"]
+    return _table([*header, "images exact (median, worst)"], out)
 
 
 def few_images_markdown(table: list[dict]) -> str:
     """One scheme in the few-images regime (docs/security_few_images.md)."""
     parts = list(attack_for(table[0]["scheme"]).key_parts)
     fields = [*parts, "psnr", "ssim", "psnr_sym", "ssim_sym", "top1_reconstruction"]
-    lines = [
-        "| setting | N | keys | "
-        + " | ".join(f"{p} %" for p in parts)
-        + " | PSNR dB | SSIM | PSNR sym | SSIM sym | top-1 rec. % | time s |",
-        "| --- | --- | --- | " + "--- | " * len(parts) + "--- | --- | --- | --- | --- | --- |",
-    ]
+    header = [
+        "setting", "N", "keys", *(f"{p} %" for p in parts), "PSNR dB", "SSIM", "PSNR sym",
+        "SSIM sym", "top-1 rec. %", "time s",
+    ]  # fmt: skip
+    out = []
     for e in table:
         cells = []
         for f in fields:
@@ -312,79 +304,75 @@ def few_images_markdown(table: list[dict]) -> str:
             fmt = "{:.1f} ({:.1f})" if pct or f.startswith("psnr") else "{:.3f} ({:.3f})"
             scale = 100 if pct else 1
             cells.append(fmt.format(scale * v[0], scale * v[1]))
-        lines.append(
-            f"| {_label(e)} | {e['N']} | {e['keys']} | "
-            + " | ".join(cells)
-            + f" | {e['seconds'][0]:.1f} |"
-        )
-    return "\n".join(lines) + "\n"
+        out.append([_label(e), e["N"], e["keys"], *cells, f"{e['seconds'][0]:.1f}"])
+    return _table(header, out)
 
 
 def pe_markdown(table: list[dict]) -> str:
     """PE with one key, per setting (docs/security_pe.md)."""
-    lines = []
+    header = [
+        "N", "pixels (order + bits)", "exact / global", "channel orders", "inversion bits",
+        "exact images", "PSNR dB", "SSIM", "top-1 recon / plain %", "seconds",
+    ]  # fmt: skip
+    parts = []
     for label in dict.fromkeys(_label(e) for e in table):
-        lines += [
-            f"{label}, median (worst) over keys:",
-            "",
-            "| N | pixels (order + bits) | exact / global | channel orders | inversion bits | "
-            "exact images | PSNR dB | SSIM | top-1 recon / plain % | seconds |",
-            "|---|---|---|---|---|---|---|---|---|---|",
-        ]
+        out = []
         for e in (e for e in table if _label(e) == label):
             k = e["key"]
             top = "-"
             if "top1_reconstruction" in e:
                 top = f"{_mw(e['top1_reconstruction'])} / {_mw(e['top1_plain'])}"
-            lines.append(
-                f"| {e['N']} | {_mw(k['pixels'], False, 3)} | {_mw(k['pixels_exact'], False, 3)}"
-                f", identity {e['orientation_right']}/{e['keys']} | "
-                f"{_mw(k['channel_perm'], False, 3)} | {_mw(k['np_mask'], False, 3)} | "
-                f"{_mw(e['exact_images'])} % | {_mw(e['psnr'], False)} | "
-                f"{_mw(e['ssim'], False, 3)} | {top} | {_mw(e['seconds'], False)} |"
+            exact = (
+                f"{_mw(k['pixels_exact'], False, 3)}, identity {e['orientation_right']}/{e['keys']}"
             )
-        lines.append("")
-    return "\n".join(lines)
+            out.append([
+                e["N"], _mw(k["pixels"], False, 3), exact,
+                _mw(k["channel_perm"], False, 3), _mw(k["np_mask"], False, 3),
+                f"{_mw(e['exact_images'])} %", _mw(e["psnr"], False), _mw(e["ssim"], False, 3),
+                top, _mw(e["seconds"], False),
+            ])  # fmt: skip
+        parts.append(f"{label}, median (worst) over keys:\n\n" + _table(header, out, "---"))
+    return "\n".join(parts)
 
 
 def pe_per_image_markdown(table: list[dict]) -> str:
     """PE with a fresh key per image, per setting and prior (docs/security_pe.md)."""
-    lines = [
-        "| data | prior | images | values right | values right up to inversion | PSNR dB | "
-        "SSIM | SSIM of the fold | top-1 recon / fold / plain % | seconds per image |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
+    header = [
+        "data", "prior", "images", "values right", "values right up to inversion", "PSNR dB",
+        "SSIM", "SSIM of the fold", "top-1 recon / fold / plain %", "seconds per image",
+    ]  # fmt: skip
+    out = []
     for e in table:
         top = "-"
         if "top1_reconstruction" in e:
             top = " / ".join(_mw(e[f]) for f in ("top1_reconstruction", "top1_fold", "top1_plain"))
         images = int(e["scored_images"][0])
-        lines.append(
-            f"| {e['setting']} | {e['prior']} | {images} x {e['keys']} samples | "
-            f"{_mw(e['values_exact'], False, 3)} | {_mw(e['values_up_to_inversion'], False, 3)} "
-            f"| {_mw(e['psnr'], False)} | {_mw(e['ssim'], False, 3)} | "
-            f"{_mw(e['ssim_fold'], False, 3)} | {top} | {e['seconds'][0] / images:.3f} |"
-        )
-    return "\n".join(lines) + "\n"
+        out.append([
+            e["setting"], e["prior"], f"{images} x {e['keys']} samples",
+            _mw(e["values_exact"], False, 3), _mw(e["values_up_to_inversion"], False, 3),
+            _mw(e["psnr"], False), _mw(e["ssim"], False, 3), _mw(e["ssim_fold"], False, 3), top,
+            f"{e['seconds'][0] / images:.3f}",
+        ])  # fmt: skip
+    return _table(header, out, "---")
 
 
 def le_upper_markdown(table: list[dict]) -> str:
     """LE: the 4-bit picture of the upper halves alone, means over keys (docs/security_le.md)."""
-    lines = [
-        "| setting | N | keys | upper halves placed | upper-only PSNR dB | upper-only SSIM | "
-        "upper-only top-1 | plain top-1 | all halves: PSNR dB | SSIM | s (mean / max) |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
-    ]
+    header = [
+        "setting", "N", "keys", "upper halves placed", "upper-only PSNR dB", "upper-only SSIM",
+        "upper-only top-1", "plain top-1", "all halves: PSNR dB", "SSIM", "s (mean / max)",
+    ]  # fmt: skip
+    out = []
     for e in table:
         m = e["mean"]
         pct = {f: f"{100 * m[f]:.1f} %" if f in m else "-" for f in ("upper_top1", "top1_plain")}
-        lines.append(
-            f"| {_label(e)} | {e['N']} | {e['keys']} | {100 * m['upper_placed']:.1f} % | "
-            f"{m['upper_psnr']:.1f} | {m['upper_ssim']:.3f} | {pct['upper_top1']} | "
-            f"{pct['top1_plain']} | {m['psnr']:.1f} | {m['ssim']:.3f} | "
-            f"{m['seconds']:.1f} / {e['seconds_max']:.1f} |"
-        )
-    return "\n".join(lines) + "\n"
+        out.append([
+            _label(e), e["N"], e["keys"], f"{100 * m['upper_placed']:.1f} %",
+            f"{m['upper_psnr']:.1f}", f"{m['upper_ssim']:.3f}", pct["upper_top1"],
+            pct["top1_plain"], f"{m['psnr']:.1f}", f"{m['ssim']:.3f}",
+            f"{m['seconds']:.1f} / {e['seconds_max']:.1f}",
+        ])  # fmt: skip
+    return _table(header, out)
 
 
 def report(
