@@ -3,6 +3,8 @@ and Table I's parameter counts, the batched forward against a per-block referenc
 shared L_U, the implicit regularisers, shapes, and a training step."""
 
 import argparse
+import copy
+import math
 
 import pytest
 import timm
@@ -14,6 +16,7 @@ import timm_ppconvmixer  # noqa: F401
 from timm_ppconvmixer.models.adaptnet import (
     AdaptNet,
     LEAdaptNet,
+    PerPositionBatchNorm,
     adaptnet_num_params,
     total_variation_prior,
     total_variation_prior_grad,
@@ -242,3 +245,59 @@ def test_train_py_model_kwargs():
     model = timm.create_model("adaptnet_ele_shakedrop_pyramidnet20_a48_fmnist", **args.model_kwargs)
     assert model.penalty_weight == 0.01 and model.adapt.tv_weight == 0.0
     torch.testing.assert_close(model.permutation.weight, torch.eye(49))
+
+
+def test_per_position_batchnorm_is_their_loop_over_blocks():
+    """[15]'s LE network: one BatchNorm2d called on each block's 1x1 output in row-major order,
+    so each position gets its own batch statistics and the running statistics one update per
+    position; PerPositionBatchNorm must give the same outputs, buffers and parameter grads."""
+    torch.manual_seed(0)
+    ours = PerPositionBatchNorm(8).double().train()
+    with torch.no_grad():
+        ours.weight.uniform_(0.5, 1.5)
+        ours.bias.uniform_(-0.5, 0.5)
+        ours.running_mean.uniform_(-1, 1)
+        ours.running_var.uniform_(0.5, 2)
+    theirs = copy.deepcopy(ours)
+    theirs.__class__ = torch.nn.BatchNorm2d
+    x = torch.randn(5, 8, 3, 4, dtype=torch.float64) * 3 + 1
+    for _ in range(2):  # two steps: the running statistics carry over
+        out = ours(x)
+        rows = []
+        for i in range(3):
+            row = [theirs(x[:, :, i : i + 1, j : j + 1]) for j in range(4)]
+            rows.append(torch.cat(row, dim=3))
+        ref = torch.cat(rows, dim=2)
+        torch.testing.assert_close(out, ref)
+        torch.testing.assert_close(ours.running_mean, theirs.running_mean)
+        torch.testing.assert_close(ours.running_var, theirs.running_var)
+        assert ours.num_batches_tracked.item() == theirs.num_batches_tracked.item()
+    (g_ours,) = torch.autograd.grad(out.square().sum(), ours.weight)
+    (g_theirs,) = torch.autograd.grad(ref.square().sum(), theirs.weight)
+    torch.testing.assert_close(g_ours, g_theirs)
+    ours.eval(), theirs.eval()
+    torch.testing.assert_close(ours(x), theirs(x))  # evaluation: the shared running statistics
+
+
+def test_le_adaptnet_normalises_each_block_on_its_own():
+    net = LEAdaptNet(img_size=16, block_size=4, in_chans=3).double().train()
+    assert isinstance(net.norm, PerPositionBatchNorm)
+    x = torch.randn(4, 3, 16, 16, dtype=torch.float64)
+    x[:, :, :4, :4] += 5.0  # one block far off the others: shared statistics would shift it
+    feats = net.norm(net.proj(x))  # (B, O, 4, 4)
+    mean = feats.mean(dim=0)  # each position centred on the batch: beta (0) everywhere
+    torch.testing.assert_close(mean, torch.zeros_like(mean), atol=1e-9, rtol=0)
+
+
+@pytest.mark.parametrize("spectral", [True, False])
+def test_block_convs_use_their_he_fan_out_init(spectral):
+    """[15] draws every block conv from N(0, 2 / (M M O)): 0.0221 at block 4 with O = 256 (the
+    draw reaches spectral_norm's weight_orig, which shares weight's storage until a forward)."""
+    torch.manual_seed(0)
+    ele = AdaptNet(img_size=32, block_size=4, in_chans=3, spectral_norm=spectral)
+    le = LEAdaptNet(img_size=32, block_size=4, in_chans=3)
+    expected = math.sqrt(2.0 / (4 * 4 * 256))
+    assert expected == pytest.approx(0.0221, abs=1e-4)
+    for weight in (ele.proj.weight, le.proj.weight):
+        assert weight.std().item() == pytest.approx(expected, rel=0.03)
+        assert weight.mean().item() == pytest.approx(0.0, abs=expected * 0.05)

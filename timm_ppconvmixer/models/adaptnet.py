@@ -13,7 +13,8 @@ classifier can use (the paper's Sec. III-C, Fig. 3, Eq. (2)).
   ``N (C M^2 O + 2 O) + N^2``: 823,296 at 32x32x3, block 4.
 * :class:`LEAdaptNet`, the adaptation network of Tanaka's LE ("Learnable Image Encryption",
   ICCE-TW 2018, the paper's [14]) as Madono et al. re-implemented it: one block conv shared by
-  every position, one BatchNorm, LeakyReLU(0.1), PixelShuffle(M); no U.
+  every position, one BatchNorm shared by every position but applied to each block on its own
+  (:class:`PerPositionBatchNorm`), LeakyReLU(0.1), PixelShuffle(M); no U.
   Parameters ``C M^2 O + 2 O``.
 
 Training loss of [15] (their code): ``L_CE + 0.001 L_U(U) + 0.1 L_s``, with L_s the total
@@ -37,8 +38,16 @@ Faithfulness notes (against [15]'s public code, ``proposed_adaptation_network.py
 * Their TV prior looks at the first 3 of the map's 16 channels and divides by 31 * 32 * 16 and
   by the batch size; kept (``tv_channels=3``), with the divisor generalised to
   ``(H - 1) W * channels``.
-* Their spectral-norm convs keep PyTorch's default initialisation (their He initialisation loop
-  misses ``weight_orig``), the LE conv gets He normal by fan-out: kept.
+* Initialisation: their loop draws every conv's weight from He normal by fan-out,
+  ``N(0, 2 / (M M O))`` (std 0.0221 at block 4, O = 256). It reaches the spectral-norm convs
+  too: ``torch.nn.utils.spectral_norm`` leaves ``weight`` pointing at ``weight_orig``'s storage
+  until the first forward pass, so the in-place draw lands in ``weight_orig``. Both networks
+  here draw their block convs the same way.
+* Their LE network runs its one BatchNorm on each block's 1x1 output in turn, so in training
+  each position is normalised with its own batch statistics and the running statistics take N
+  momentum updates per step, one per position in row-major order;
+  :class:`PerPositionBatchNorm` does exactly that in one pass. In evaluation both use the
+  shared running statistics.
 * U takes weight decay in their SGD; here, as P, it is exempt by default
   (``permutation_weight_decay=False``), since decay pulls U towards 0, where L_U is zero too.
 """
@@ -59,6 +68,7 @@ __all__ = [
     "AdaptNet",
     "BlockwiseLinear",
     "LEAdaptNet",
+    "PerPositionBatchNorm",
     "adaptnet_num_params",
     "total_variation_prior",
     "total_variation_prior_grad",
@@ -80,6 +90,11 @@ def adaptnet_num_params(
     out = map_chans * m * m
     per_position = in_chans * m * m * out + 2 * out
     return per_position if shared else n * per_position + n * n
+
+
+def he_fan_out_std(block_size: int, out_chans: int) -> float:
+    """Std of [15]'s conv init, He normal by fan-out: ``sqrt(2 / (k k O))`` with k = M."""
+    return math.sqrt(2.0 / (block_size * block_size * out_chans))
 
 
 def _tv_scale(x: torch.Tensor) -> float:
@@ -182,9 +197,8 @@ class BlockwiseLinear(nn.Module):
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
-        # each position as a fresh nn.Conv2d: kaiming uniform (a = sqrt(5)) over its fan-in
-        bound = 1.0 / math.sqrt(self.weight.shape[-1])
-        self.weight.uniform_(-bound, bound)
+        # [15]'s init of each position's conv (module docstring): He normal by fan-out, k k O
+        self.weight.normal_(0.0, he_fan_out_std(self.block_size, self.out_chans))
         if self.spectral_norm:
             self.weight_u.normal_()
             self.weight_v.normal_()
@@ -221,6 +235,52 @@ class BlockwiseLinear(nn.Module):
         gh, gw = h // m, w // m
         blocks = x.reshape(b, c, gh, m, gw, m).permute(0, 2, 4, 1, 3, 5).reshape(b, gh * gw, -1)
         return torch.einsum("bnk,nok->bno", blocks, self.normalised_weight().to(x.dtype))
+
+
+class PerPositionBatchNorm(nn.BatchNorm2d):
+    """One BatchNorm2d (one set of affine parameters and running statistics) applied to every
+    position of a ``(B, C, H, W)`` map as if to each 1x1 position on its own, in row-major
+    order, which is what [15]'s LE network does with its per-block loop.
+
+    Training: position ``p`` is normalised with the mean and biased variance of its own ``B``
+    values; the running statistics take one momentum update per position, in order, with the
+    unbiased variance, i.e. after a step ``r <- (1 - m)^HW r + sum_p m (1 - m)^(HW - 1 - p) s_p``
+    (``num_batches_tracked`` counts HW per step). Evaluation (or no running statistics tracked
+    and training off): the running statistics over the whole map, as ``nn.BatchNorm2d``.
+    State dict and parameters are ``nn.BatchNorm2d``'s.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return super().forward(x)
+        b, c, h, w = x.shape
+        if b < 2:
+            raise ValueError(
+                "PerPositionBatchNorm needs more than 1 image per batch in training: each "
+                "position is normalised with its own batch statistics"
+            )
+        if self.momentum is None:
+            raise ValueError("PerPositionBatchNorm needs a float momentum (as [15]'s default 0.1)")
+        f = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+        mean = f.mean(dim=0)  # (C, H, W): each position's batch statistics
+        var = f.var(dim=0, unbiased=False)
+        out = (f - mean) * torch.rsqrt(var + self.eps)
+        if self.affine:
+            out = out * self.weight.view(1, c, 1, 1) + self.bias.view(1, c, 1, 1)
+        if self.track_running_stats:
+            self._update_running_stats(mean.detach(), var.detach() * (b / (b - 1)), h * w)
+        return out.to(x.dtype)
+
+    @torch.no_grad()
+    def _update_running_stats(self, mean: torch.Tensor, var: torch.Tensor, n: int) -> None:
+        m = float(self.momentum)
+        # weight of position p after the n sequential updates: m (1 - m)^(n - 1 - p)
+        powers = torch.arange(n - 1, -1, -1, dtype=torch.float64, device=mean.device)
+        weights = (m * (1.0 - m) ** powers).to(mean.dtype)
+        keep = (1.0 - m) ** n
+        self.running_mean.mul_(keep).add_(mean.flatten(1) @ weights)
+        self.running_var.mul_(keep).add_(var.flatten(1) @ weights)
+        self.num_batches_tracked.add_(n)
 
 
 def _check_size(img_size: tuple[int, int], block_size: int) -> tuple[int, int]:
@@ -352,8 +412,8 @@ class LEAdaptNet(_ImplicitTV):
         self.tv_channels = int(tv_channels)
         self.proj = nn.Conv2d(in_chans, features, block_size, stride=block_size, bias=False, **dd)
         with torch.no_grad():  # He normal by fan-out, as [15]'s code initialises this conv
-            self.proj.weight.normal_(0, math.sqrt(2.0 / (block_size * block_size * features)))
-        self.norm = nn.BatchNorm2d(features, **dd)
+            self.proj.weight.normal_(0, he_fan_out_std(block_size, features))
+        self.norm = PerPositionBatchNorm(features, **dd)
         self.act = nn.LeakyReLU(negative_slope)
         self.shuffle = nn.PixelShuffle(block_size)
 
