@@ -18,7 +18,9 @@ table between the comment and ``<!-- /results-table -->``::
 
 A figure in prose names the file, the value's path and its format spec; the rendered value
 stands between the two comments:
-``<!-- fig file=demo.json value=eval.top1_key format=.2p -->88.38<!-- /fig -->``.
+``<!-- fig file=demo.json value=eval.top1_key format=.2p -->88.38<!-- /fig -->``. With
+``minus=PATH`` the figure is the value less the one at ``PATH`` of the same file (a gap
+between two measured figures).
 
 Templates: ``{path:spec}`` is the value at a dotted path of the row (``k1.median``; an integer
 picks a list item) in a Python format spec, where a spec ending in ``p`` is a share shown in
@@ -167,6 +169,11 @@ def render_figure(args: dict[str, str], results: Path, cache: dict) -> str:
     value = lookup(data, args["value"])
     if value is None:
         raise DocsError(f"{args['file']}: no value at {args['value']!r}")
+    if "minus" in args:  # a difference of two committed figures, never typed by hand
+        other = lookup(data, args["minus"])
+        if other is None:
+            raise DocsError(f"{args['file']}: no value at {args['minus']!r}")
+        value = value - other
     return render_value(value, args.get("format", ""))
 
 

@@ -301,3 +301,17 @@ def test_block_convs_use_their_he_fan_out_init(spectral):
     for weight in (ele.proj.weight, le.proj.weight):
         assert weight.std().item() == pytest.approx(expected, rel=0.03)
         assert weight.mean().item() == pytest.approx(0.0, abs=expected * 0.05)
+
+
+def test_le_adaptnet_shared_norm_option_and_model_kwarg():
+    model = timm.create_model("adaptnet_le_shakedrop_pyramidnet20_a48_fmnist")
+    assert isinstance(model.adapt.norm, PerPositionBatchNorm)
+    shared = timm.create_model(
+        "adaptnet_le_shakedrop_pyramidnet20_a48_fmnist", per_position_norm=False
+    )
+    assert type(shared.adapt.norm) is torch.nn.BatchNorm2d
+    assert shared.state_dict().keys() == model.state_dict().keys()
+    x = torch.randn(4, 1, 28, 28)
+    x[:, :, :4, :4] += 5.0
+    feats = shared.adapt.norm(shared.adapt.proj(x)).mean(dim=0)  # shared statistics
+    assert feats[:, 0, 0].abs().mean() > 0.1  # the off block is not centred on its own

@@ -80,6 +80,8 @@ def test_rendering_rewrites_a_stale_table_from_its_results_file(tree: Path):
         "V (%) | {v.median:.1p}[ ({v.worst:.1p})]\nW | {w}\n-->\n"
         "| stale |\n<!-- /results-table -->\n"
         f"Value: <!-- fig file={name} value=rows.0.v.median format=.2f -->9<!-- /fig -->.\n"
+        f"Gap: <!-- fig file={name} value=rows.1.v.median minus=rows.0.v.worst format=.2f -->"
+        "9<!-- /fig -->.\n"
     )
     assert _check(tree, "--no-blocks").returncode == 1
     subprocess.run([sys.executable, str(RENDER), "--root", str(tree)], check=True)
@@ -87,6 +89,7 @@ def test_rendering_rewrites_a_stale_table_from_its_results_file(tree: Path):
     table = "| N | V (%) | W |\n| --- | --- | --- |\n| 1,234 | 50.0 (25.0) | \u2013 |\n"
     assert table + "| 7 | 100.0 | \u2013 |\n" in text
     assert "-->0.50<!-- /fig -->" in text
+    assert "format=.2f -->0.75<!-- /fig -->" in text  # 1.0 - 0.25
     assert _check(tree, "--no-blocks").returncode == 0
 
 

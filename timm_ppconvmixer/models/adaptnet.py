@@ -386,7 +386,9 @@ class LEAdaptNet(_ImplicitTV):
     stride = M, no bias) shared by every position, BatchNorm, LeakyReLU, PixelShuffle(M).
 
     Args: as :class:`AdaptNet` (no U); ``negative_slope`` 0.1 and ``tv_weight`` 0 as in [15]'s
-    LE code (its loss is the cross-entropy alone).
+    LE code (its loss is the cross-entropy alone). ``per_position_norm``: normalise each block
+    with its own batch statistics, as [15]'s code (default), or with one set of statistics
+    over the whole map (``False``: ``nn.BatchNorm2d``; same parameters and state dict).
     """
 
     def __init__(
@@ -398,6 +400,7 @@ class LEAdaptNet(_ImplicitTV):
         negative_slope: float = 0.1,
         tv_weight: float = 0.0,
         tv_channels: int = 3,
+        per_position_norm: bool = True,
         device=None,
         dtype=None,
     ) -> None:
@@ -413,7 +416,7 @@ class LEAdaptNet(_ImplicitTV):
         self.proj = nn.Conv2d(in_chans, features, block_size, stride=block_size, bias=False, **dd)
         with torch.no_grad():  # He normal by fan-out, as [15]'s code initialises this conv
             self.proj.weight.normal_(0, he_fan_out_std(block_size, features))
-        self.norm = PerPositionBatchNorm(features, **dd)
+        self.norm = (PerPositionBatchNorm if per_position_norm else nn.BatchNorm2d)(features, **dd)
         self.act = nn.LeakyReLU(negative_slope)
         self.shuffle = nn.PixelShuffle(block_size)
 

@@ -60,6 +60,8 @@ class AdaptNetPyramidNet(ShakePyramidNet):
             U's options (ELE only), named as P's in ``PPConvMixer``.
         depth, alpha, in_chans, num_classes, global_pool, drop_rate, p_drop_last, base_chs: as
             ``ShakePyramidNet`` (``in_chans`` is the images'; the PyramidNet gets ``map_chans``).
+        per_position_norm: LE only, :class:`LEAdaptNet`'s option (default: each block with its
+            own batch statistics, as [15]'s code).
         key_fingerprint: the public fingerprint of the key the weights were trained under
             (recorded by training and saved in ``config.json``); never the key.
 
@@ -95,6 +97,7 @@ class AdaptNetPyramidNet(ShakePyramidNet):
         permutation_weight_decay: bool = False,
         tv_weight: float | None = None,
         tv_channels: int = 3,
+        per_position_norm: bool = True,
         key_fingerprint: str | None = None,
         device=None,
         dtype=None,
@@ -141,7 +144,7 @@ class AdaptNetPyramidNet(ShakePyramidNet):
                 **common,
             )
         else:
-            self.adapt = LEAdaptNet(**common)
+            self.adapt = LEAdaptNet(per_position_norm=per_position_norm, **common)
         # first child: timm's FeatureListNet (features_only) runs the children in order
         adapt, rest = self.adapt, {k: v for k, v in self._modules.items() if k != "adapt"}
         self._modules.clear()
