@@ -15,8 +15,13 @@ Steps, for an 8-bit image of C channels, H x W, blocks of M x M, n = (H/M)(W/M) 
 The keys of step 2 belong to plain block positions: they are applied before the blocks move.
 Like LE, the cipher works on halves; floats must be exact multiples of 1/255.
 
+Known answers: under the equivalent key this module reproduces Madono et al.'s public code
+(``Blockwise_scramble.py``, one key file per plain block position, then
+``Block_location_shuffle.py``) exactly on a 32x32 colour image
+(``tests/test_schemes_known_answer.py``); that code is written for 32x32 images of 4x4 blocks.
+
 Faithfulness note: as for LE, the inversion masks are drawn independently of the
-permutations (Madono et al.'s public code derives them from the permutation).
+permutations (Madono et al.'s public code derives them from the permutation, :mod:`.le`).
 
 Example:
     >>> key = ELEKey.generate(image_size=32, block_size=4, seed=0)

@@ -1,8 +1,14 @@
-"""EtC, the block scrambling of Encryption-then-Compression systems (the paper's [21]: T.
-Chuman, W. Sirichotedumrong, H. Kiya, "Encryption-then-compression systems using
-grayscale-based image encryption for JPEG images", IEEE TIFS 14(6), 2019, and the colour EtC
-of Kurihara, Kiya et al. it builds on): block scrambling, then per block position a
+"""EtC, the block scrambling of the colour Encryption-then-Compression system of K. Kurihara,
+M. Kikuchi, S. Imaizumi, S. Shiota, H. Kiya ("An encryption-then-compression system for
+JPEG/Motion JPEG standard", IEICE Trans. Fundamentals E98-A(11), 2015), as Madono et al.'s
+public code ([15], ``etc_encryption.py``) implements it: block scrambling, then per block a
 rotation, a flip, a negative-positive inversion and a colour-channel shuffle.
+
+The paper's Table I cites its EtC row as [15], [21]. [15]'s public code, which this module
+follows, is Kurihara et al.'s colour EtC; [21] (T. Chuman, W. Sirichotedumrong, H. Kiya,
+IEEE TIFS 14(6), 2019) is the grayscale-based EtC, in which the colour components are put
+side by side as one grey image before the block steps and no colour channels are shuffled.
+That scheme is not implemented here.
 
 Steps, for an 8-bit image of C channels, H x W, blocks of M x M, n = (H/M)(W/M) blocks (every
 key below is shared by every image):
@@ -20,10 +26,30 @@ Every step moves or inverts whole values: EtC is lossless and exactly invertible
 compiles to one gather and one XOR (0xFF) like the other byte schemes; floats in [0, 1] are
 inverted as ``1 - v``.
 
-Faithfulness note: the ``channel_change`` of Madono et al.'s public code
-(``MADONOKOUKI/Block-wise-Scrambled-Image-Recognition``) assigns channels in place, so 5 of
-its 6 channel codes copy one channel over another and its EtC has no inverse (the EtC column
-of their table was made that way). Here ``channel_perm`` is a true permutation.
+Orientation: the 4 x 3 = 12 (rotation, flip) codes name only the 8 maps of the square's
+dihedral group: flip 0 gives the 4 rotations, flips 1 and 2 give the same 4 reflections (an
+upside-down flip is a left-right flip turned by 180 degrees). Both codes are drawn uniformly
+and independently, so each rotation has probability 1/12 and each reflection 1/6: 2.92 bits
+per block (not log2 8 = 3, nor log2 12 = 3.58). With the inversion bit and the channel order
+a block's transform carries 2.92 + 1 + log2(C!) bits (3.92 grey, 6.50 colour; log2 16 = 4 and
+log2 96 = 6.58 if its 16 or 96 transforms were equally likely). Madono et al.'s code draws
+the same way (``random.randint(0, 3)`` and ``random.randint(0, 2)``), with the same 2.92 bits.
+``tests/test_schemes_known_answer.py`` counts the maps and their frequencies.
+
+Known answers: under the equivalent key this module reproduces the output of Madono et al.'s
+``etc_encryption.py`` exactly (``tests/test_schemes_known_answer.py``; their codes belong to
+plain blocks and act before the blocks move, ours to encrypted positions and act after, which
+re-indexes the same codes: ours at ``i`` are theirs at ``block_perm[i]``).
+
+Faithfulness notes:
+
+* the ``channel_change`` of Madono et al.'s code (``MADONOKOUKI/Block-wise-Scrambled-Image-
+  Recognition``) assigns channels in place, so 5 of its 6 channel codes copy one channel over
+  another and its EtC has no inverse (the EtC row of their table was made that way). Here
+  ``channel_perm`` is a true permutation: channel code ``p`` of theirs, read from a copy of the
+  block, is the channel order it writes;
+* their inversion mask has exactly half the blocks set (a balanced list, shuffled); here each
+  block's bit is drawn independently.
 
 Example:
     >>> key = EtCKey.generate(image_size=32, block_size=4, seed=0)
@@ -59,7 +85,7 @@ class EtCKey(SchemeKey):
     NAME = "etc"
     FILE_SCHEME = "ppconvmixer-etc"
     SUMMARY = (
-        "EtC (Chuman, Sirichotedumrong, Kiya): each image is split into {m}x{m} blocks; the "
+        "EtC (Kurihara et al. 2015): each image is split into {m}x{m} blocks; the "
         "blocks are permuted, then each block position is rotated, flipped, possibly inverted "
         "(v -> 255 - v) and its colour channels reordered, with keys shared by every image."
     )

@@ -18,9 +18,17 @@ The cipher compiles steps 2-5 into one gather over halves and one XOR with 0x0F.
 inputs in [0, 1] are accepted only when they are exact multiples of 1/255 (what ``ToTensor``
 makes from 8-bit images): they are converted to uint8 exactly, encrypted, and converted back.
 
-Faithfulness note: the public code of Madono et al. (``MADONOKOUKI/Block-wise-Scrambled-Image-
-Recognition``) derives the set of inverted halves from the shuffling permutation; here the
-mask is drawn independently of the permutation, from the CSPRNG.
+Known answers: under the equivalent key this module reproduces Tanaka's ``BlockScramble``
+exactly, as Madono et al.'s public code (``MADONOKOUKI/Block-wise-Scrambled-Image-
+Recognition``, ``learnable_encryption.py``; the same class as Tanaka's ``mastnk/ICCE-TW2018``)
+runs it, on 32x32 and 8x8 colour and 8x8 grey images (``tests/test_schemes_known_answer.py``,
+whose docstring gives the translation of their key into ``nibble_perm`` and ``nibble_mask``).
+
+Faithfulness note: that code derives the inverted halves from the shuffling permutation (its
+key ``k`` is a permutation of the 2*C*M*M halves, in its own order; half ``i`` of the result
+is inverted where exactly one of ``k[i]`` and ``k[k[i]]`` exceeds C*M*M), so its keys are
+the permutations alone; here the mask is drawn independently of the permutation, from the CSPRNG.
+Every key of that code is a key here.
 
 Example:
     >>> key = LEKey.generate(image_size=32, block_size=4, seed=0)
