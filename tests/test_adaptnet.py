@@ -315,3 +315,14 @@ def test_le_adaptnet_shared_norm_option_and_model_kwarg():
     x[:, :, :4, :4] += 5.0
     feats = shared.adapt.norm(shared.adapt.proj(x)).mean(dim=0)  # shared statistics
     assert feats[:, 0, 0].abs().mean() > 0.1  # the off block is not centred on its own
+
+
+def test_per_position_batchnorm_scripts_like_eager():
+    torch.manual_seed(0)
+    net = LEAdaptNet(img_size=16, block_size=4, in_chans=3).train()
+    scripted = torch.jit.script(copy.deepcopy(net))
+    x = torch.randn(4, 3, 16, 16)
+    torch.testing.assert_close(scripted(x), net(x))  # training: per-position statistics
+    torch.testing.assert_close(scripted.norm.running_var, net.norm.running_var)
+    net.eval(), scripted.eval()
+    torch.testing.assert_close(scripted(x), net(x))

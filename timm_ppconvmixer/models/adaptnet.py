@@ -251,36 +251,49 @@ class PerPositionBatchNorm(nn.BatchNorm2d):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training:
-            return super().forward(x)
+        if not self.training:  # the shared running statistics, as nn.BatchNorm2d in eval
+            return F.batch_norm(
+                x,
+                self.running_mean,
+                self.running_var,
+                self.weight,
+                self.bias,
+                self.running_mean is None,
+                0.0,
+                self.eps,
+            )
         b, c, h, w = x.shape
         if b < 2:
             raise ValueError(
                 "PerPositionBatchNorm needs more than 1 image per batch in training: each "
                 "position is normalised with its own batch statistics"
             )
-        if self.momentum is None:
+        momentum = self.momentum
+        if momentum is None:
             raise ValueError("PerPositionBatchNorm needs a float momentum (as [15]'s default 0.1)")
         f = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
         mean = f.mean(dim=0)  # (C, H, W): each position's batch statistics
         var = f.var(dim=0, unbiased=False)
         out = (f - mean) * torch.rsqrt(var + self.eps)
-        if self.affine:
-            out = out * self.weight.view(1, c, 1, 1) + self.bias.view(1, c, 1, 1)
-        if self.track_running_stats:
-            self._update_running_stats(mean.detach(), var.detach() * (b / (b - 1)), h * w)
+        weight, bias = self.weight, self.bias
+        if weight is not None and bias is not None:
+            out = out * weight.view(1, c, 1, 1) + bias.view(1, c, 1, 1)
+        running_mean, running_var = self.running_mean, self.running_var
+        if running_mean is not None and running_var is not None:
+            # the N sequential momentum updates of [15]'s loop, in closed form: position p
+            # (row-major) weighs m (1 - m)^(N - 1 - p), the old statistics (1 - m)^N
+            n = h * w
+            with torch.no_grad():
+                powers = torch.arange(n - 1, -1, -1, dtype=torch.float64, device=x.device)
+                weights = (momentum * torch.pow(1.0 - momentum, powers)).to(mean.dtype)
+                keep = (1.0 - momentum) ** n
+                unbiased = var.detach() * (b / (b - 1))
+                running_mean.mul_(keep).add_(mean.detach().flatten(1) @ weights)
+                running_var.mul_(keep).add_(unbiased.flatten(1) @ weights)
+                tracked = self.num_batches_tracked
+                if tracked is not None:
+                    tracked.add_(n)
         return out.to(x.dtype)
-
-    @torch.no_grad()
-    def _update_running_stats(self, mean: torch.Tensor, var: torch.Tensor, n: int) -> None:
-        m = float(self.momentum)
-        # weight of position p after the n sequential updates: m (1 - m)^(n - 1 - p)
-        powers = torch.arange(n - 1, -1, -1, dtype=torch.float64, device=mean.device)
-        weights = (m * (1.0 - m) ** powers).to(mean.dtype)
-        keep = (1.0 - m) ** n
-        self.running_mean.mul_(keep).add_(mean.flatten(1) @ weights)
-        self.running_var.mul_(keep).add_(var.flatten(1) @ weights)
-        self.num_batches_tracked.add_(n)
 
 
 def _check_size(img_size: tuple[int, int], block_size: int) -> tuple[int, int]:
