@@ -1,10 +1,16 @@
 """Reading each kind of file the leak guard scans: key files, UTF-8 text, safetensors
-(tensors and metadata) and any other file as raw bytes."""
+(tensors and metadata), parquet (decoded columns and metadata), PNG text chunks, pickles
+(torch checkpoints; read opcode by opcode, never unpickled) and any file as raw bytes (with
+the text inside binary files)."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import pickletools
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +28,7 @@ from ..models.permutation import (
 )
 from .errors import HubError
 from .key_patterns import (
+    SEPARATOR,
     Finding,
     Secret,
     first_per_secret,
@@ -259,16 +266,189 @@ def _model_args(weights: Path) -> dict:
     return args if isinstance(args, dict) else {}
 
 
+def _leaf_arrays(array) -> list:
+    """The primitive arrays under an Arrow array: lists flattened, struct fields, dictionaries
+    decoded (an image column's bytes and paths, a list column's values)."""
+    import pyarrow as pa
+
+    t = array.type
+    if pa.types.is_dictionary(t):
+        return _leaf_arrays(array.dictionary_decode())
+    if pa.types.is_struct(t):
+        return [leaf for i in range(t.num_fields) for leaf in _leaf_arrays(array.field(i))]
+    if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
+        return _leaf_arrays(array.flatten())
+    return [array]
+
+
+def _scan_arrow_leaf(leaf, secrets: list[Secret], file: str, where: str) -> list[Finding]:
+    import pyarrow as pa
+
+    t, leaf = leaf.type, leaf.drop_null()
+    if pa.types.is_boolean(t) or pa.types.is_integer(t) or pa.types.is_floating(t):
+        values = leaf.to_numpy(zero_copy_only=False)
+        values = float_to_ints(values) if values.dtype.kind == "f" else values.astype(np.int64)
+        return scan_values(values, secrets, file, lambda i: f"{where} at value {i}")
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        return scan_text("\n".join(leaf.to_pylist()), secrets, file, f"{where}: ")
+    if pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_fixed_size_binary(t):
+        values = leaf.to_pylist()
+        joined = SEPARATOR.join(values)  # no secret reads across two values
+        texts = "\n".join(text for v in values for _, text in png_texts(v))
+        found = scan_text(texts, secrets, file, f"{where}: PNG text: ") if texts else []
+        return found + scan_raw(joined, secrets, file, f"{where}: ")
+    return []
+
+
+def _scan_parquet(data: bytes, secrets: list[Secret], file: str) -> list[Finding]:
+    """A parquet file's values, decoded: its pages are encoded (dictionaries, bit packing) and
+    compressed, so its raw bytes need not show them. Each column's values (lists flattened)
+    as numbers, bytes or text, row group by row group, and the schema's metadata."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        parquet = pq.ParquetFile(io.BytesIO(data))
+    except (pa.ArrowException, OSError):
+        return []  # not a parquet file after all: its raw bytes are scanned anyway
+    findings = []
+    for k, v in (parquet.schema_arrow.metadata or {}).items():
+        name = k.decode(errors="replace")
+        findings += scan_text(v.decode(errors="replace"), secrets, file, f"parquet {name!r}: ")
+    for group in range(parquet.num_row_groups):
+        table = parquet.read_row_group(group)
+        for name, column in zip(table.column_names, table.columns, strict=True):
+            where = f"parquet column {name!r} (row group {group})"
+            for chunk in column.chunks:
+                for leaf in _leaf_arrays(chunk):
+                    findings += _scan_arrow_leaf(leaf, secrets, file, where)
+    return first_per_secret(findings)
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_MAX_INFLATED = 1 << 26  # a compressed text chunk is read up to 64 MB
+
+
+def _inflate(data: bytes) -> bytes:
+    return zlib.decompressobj().decompress(data, _MAX_INFLATED)
+
+
+def png_texts(data: bytes) -> list[tuple[str, str]]:
+    """(keyword, text) of a PNG's text chunks: tEXt, zTXt and iTXt (compressed or not)."""
+    if not data.startswith(_PNG_SIGNATURE):
+        return []
+    out, pos = [], len(_PNG_SIGNATURE)
+    while pos + 12 <= len(data):
+        length = int.from_bytes(data[pos : pos + 4], "big")
+        kind, body = data[pos + 4 : pos + 8], data[pos + 8 : pos + 8 + length]
+        pos += 12 + length
+        keyword, _, rest = body.partition(b"\0")
+        try:
+            if kind == b"tEXt":
+                text = rest.decode("latin-1")
+            elif kind == b"zTXt":
+                text = _inflate(rest[1:]).decode("latin-1")
+            elif kind == b"iTXt":
+                compressed, rest = rest[:1] == b"\1", rest[2:]
+                rest = rest.partition(b"\0")[2].partition(b"\0")[2]  # language, translation
+                text = (_inflate(rest) if compressed else rest).decode("utf-8", "replace")
+            else:
+                continue
+        except zlib.error:
+            continue
+        out.append((keyword.decode("latin-1"), text))
+    return out
+
+
+def _scan_png(data: bytes, secrets: list[Secret], file: str) -> list[Finding]:
+    findings = []
+    for keyword, text in png_texts(data):
+        findings += scan_text(text, secrets, file, f"PNG text chunk {keyword!r}: ")
+    return first_per_secret(findings)
+
+
+_PICKLE_INTS = {"INT", "LONG", "BININT", "BININT1", "BININT2", "LONG1", "LONG4"}
+_PICKLE_FLOATS = {"FLOAT", "BINFLOAT"}
+_PICKLE_BOOLS = {"NEWTRUE": 1, "NEWFALSE": 0}
+_PICKLE_IN_A_LIST = {"MARK", "APPEND", "APPENDS"}  # between a list's items: the run goes on
+_PICKLE_TEXT = {"STRING", "BINSTRING", "SHORT_BINSTRING", "UNICODE", "BINUNICODE",
+                "SHORT_BINUNICODE", "BINUNICODE8"}  # fmt: skip
+_PICKLE_BYTES = {"BINBYTES", "SHORT_BINBYTES", "BINBYTES8", "BYTEARRAY8"}
+
+
+def _pickle_parts(data: bytes) -> tuple[np.ndarray, list[str], list[bytes]]:
+    """A pickle's numbers (lists' items in order, -1 between runs), strings and bytes, read
+    opcode by opcode with ``pickletools`` (nothing is unpickled: no code runs)."""
+    numbers: list[float] = []
+    texts: list[str] = []
+    blobs: list[bytes] = []
+    try:
+        for op, arg, _ in pickletools.genops(data):
+            if op.name in _PICKLE_INTS or op.name in _PICKLE_FLOATS:
+                numbers.append(arg)
+            elif op.name in _PICKLE_BOOLS:
+                numbers.append(_PICKLE_BOOLS[op.name])
+            elif op.name in _PICKLE_IN_A_LIST:
+                continue
+            else:
+                numbers.append(-1)
+                if op.name in _PICKLE_TEXT:
+                    texts.append(arg if isinstance(arg, str) else arg.decode("latin-1"))
+                elif op.name in _PICKLE_BYTES:
+                    blobs.append(bytes(arg))
+    except Exception:  # noqa: BLE001 - a malformed pickle: what was read so far is scanned
+        pass
+    values = np.asarray(numbers, dtype=np.float64) if numbers else np.zeros(0)
+    return float_to_ints(values), texts, blobs
+
+
+def _pickles(data: bytes) -> list[tuple[str, bytes]]:
+    """(name, pickle) of a torch checkpoint's pickles (zip members ``*.pkl``, compressed or
+    not), or of the file itself if it is a pickle."""
+    if len(data) > 2 and data[0] == 0x80 and 2 <= data[1] <= 5:  # PROTO 2 to 5
+        return [("", data)]
+    if not data.startswith(b"PK\x03\x04"):
+        return []
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            return [
+                (f"{info.filename}: ", archive.read(info)[:_MAX_INFLATED])
+                for info in archive.infolist()
+                if info.filename.endswith(".pkl") and info.file_size <= _MAX_INFLATED
+            ]
+    except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError):
+        return []
+
+
+def _scan_pickles(data: bytes, secrets: list[Secret], file: str) -> list[Finding]:
+    """Numbers, strings and bytes pickled in a checkpoint (Python lists, args, notes); the
+    storages of its tensors are raw bytes in the zip, scanned with the rest of the file."""
+    findings = []
+    for name, pickle in _pickles(data):
+        values, texts, blobs = _pickle_parts(pickle)
+        where = f"{name}pickled numbers"
+        findings += scan_values(values, secrets, file, lambda i, w=where: f"{w} at item {i}")
+        findings += scan_text("\n".join(texts), secrets, file, f"{name}pickled text: ")
+        # protocol 2 (torch's) pickles bytes as their latin-1 text
+        raw = blobs + [t.encode("latin-1") for t in texts if max(t, default="\0") < "\u0100"]
+        findings += scan_raw(SEPARATOR.join(raw), secrets, file, f"{name}pickled bytes: ")
+    return first_per_secret(findings)
+
+
 def scan_file(path: Path, file: str, key: SchemeKey | None, secrets: list[Secret]) -> list:
     data = path.read_bytes()
     findings = _scan_key_file(data, key, file)
     parsed = _read_safetensors(data)
     if parsed is not None:
         return findings + _scan_safetensors(*parsed, secrets, key, file, _model_args(path))
-    findings += scan_raw(data, secrets, file)
     text = _utf8(data)
+    findings += scan_raw(data, secrets, file, text=text is None)  # text files: scan_text
     if text is not None:
         findings += scan_text(text, secrets, file)
+    if secrets and data[:4] == data[-4:] == b"PAR1":
+        findings += _scan_parquet(data, secrets, file)
+    if secrets:
+        findings += _scan_png(data, secrets, file) + _scan_pickles(data, secrets, file)
     return findings
 
 
