@@ -33,15 +33,33 @@ cp "$src/pyproject.toml" "$suite/"  # timm's pytest markers
 # other arguments: the key-bound tags (ppconvmixer_*.in1k) refuse that by design (they need the
 # user's key= and timm's plain weights from the network); tests/test_zoo.py loads them offline.
 ours="(ppconvmixer or pyramidnet) and not (test_model_load_pretrained and in1k)"
-# each family must be selected: a renamed model or a filter typo would pass with zero tests
-for family in "ppconvmixer 30" "pyramidnet 70"; do
-    set -- $family
-    count=$(cd "$suite" && "$python" -m pytest -p timm_ppconvmixer tests/test_models.py -k "$1" \
-        --collect-only -q -p no:cacheprovider 2>/dev/null | grep -c '::' || true)
-    if [ "$count" -lt "$2" ]; then
-        echo "timm's model suite selected only $count $1 tests; expected at least $2" >&2
-        exit 1
-    fi
-done
-cd "$suite" && "$python" -m pytest -p timm_ppconvmixer -p timm_suite_timeouts \
-    tests/test_models.py -k "$ours" -q -p no:cacheprovider
+# Every selected test must pass, and each family must have passed tests: timm skips a test whose
+# model is above its size limits ("Fixed input size model > limit.", which pytest counts as no
+# failure), and a renamed model or a filter typo would pass with zero tests. So the run fails on
+# any failed, erroring or skipped test, and on fewer passed tests of a family than its minimum.
+report="$(cd "$suite" && pwd)/junit.xml"
+status=0
+(cd "$suite" && "$python" -m pytest -p timm_ppconvmixer -p timm_suite_timeouts \
+    tests/test_models.py -k "$ours" -q -p no:cacheprovider --junit-xml="$report") || status=$?
+"$python" - "$report" ppconvmixer=30 pyramidnet=70 <<'CHECK'
+import sys
+import xml.etree.ElementTree as ET
+
+report, minimums = sys.argv[1], {f: int(n) for f, n in (a.split("=") for a in sys.argv[2:])}
+outcomes = {"failure": "failed", "error": "errors", "skipped": "skipped"}
+counts = dict.fromkeys(("passed", "failed", "errors", "skipped"), 0)
+passed = dict.fromkeys(minimums, 0)
+for case in ET.parse(report).getroot().iter("testcase"):
+    outcome = next((outcomes[c.tag] for c in case if c.tag in outcomes), "passed")
+    counts[outcome] += 1
+    for family in passed:
+        passed[family] += outcome == "passed" and family in case.get("name", "")
+families = ", ".join(f"{n} {f}" for f, n in passed.items())
+print(f"timm's model suite: {counts['passed']} passed ({families})")
+problems = [f"{counts[k]} {k}" for k in ("failed", "errors", "skipped") if counts[k]]
+problems += [f"only {passed[f]} {f} tests passed, expected at least {n}"
+             for f, n in minimums.items() if passed[f] < n]
+if problems:
+    sys.exit(f"timm's model suite: {'; '.join(problems)} (every test: {report})")
+CHECK
+exit "$status"

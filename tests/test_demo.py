@@ -32,7 +32,31 @@ def test_demo_runs_end_to_end_and_keeps_the_key_with_the_owner(tmp_path):
         assert (out / name).is_file()
     report = (out / "report.md").read_text()
     assert key.fingerprint in report and "The provider's view" in report
-    assert set(summary["attack"]["key_recovered"]) >= {"K1", "K2", "K3"}
+    assert (summary["train_images"], summary["test_images"], summary["num_blocks"]) == (
+        1024, 10000, 49,
+    )  # fmt: skip
+    for name, label in (
+        ("top1_key", "encrypted test images, correct key"),
+        ("top1_plain", "plain test images (no key)"),
+        ("top1_wrong_key", "test images encrypted with a wrong key"),
+    ):
+        assert 0.0 <= summary["eval"][name] <= 1.0
+        assert f"| {label} | {100 * summary['eval'][name]:.2f} |" in report, name
+    # the provider's attack on the 1,024 encrypted training images it holds (ciphertext-only,
+    # the public test split as its prior): measured, every one of five keys gives the whole key
+    # and every image from N = 1,000 on (docs/security.md); the demo's key is a fresh random one
+    attack = summary["attack"]
+    assert attack["images"] == 1024 and attack["seconds"] > 0
+    k = attack["key_recovered"]
+    assert min(k["K1"], k["K2"], k["K3"]) >= 0.95 and attack["exact_images"] >= 0.9, attack
+    assert (
+        f"recovered {100 * k['K1']:.0f} % of the block order, {100 * k['K2']:.0f} % of the "
+        f"pixel shuffle and {100 * k['K3']:.0f} % of the flip mask, and decrypted "
+        f"{100 * attack['exact_images']:.1f} % of those images exactly"
+    ) in report
+    attack_report = json.loads((out / "owner" / "attack" / "result.json").read_text())
+    assert attack_report["steps"][-1]["images"]["exact_images"] == attack["exact_images"]
+    assert attack_report["owner_key_fingerprint"] == key.fingerprint
     assert (out / "owner" / "attack" / "report.md").is_file()
     model = timm.create_model(f"local-dir:{out / 'export'}", pretrained=True)
     assert model.key_fingerprint == key.fingerprint

@@ -238,10 +238,23 @@ def test_cli_commands_print_a_report_and_fail_with_one_line(tree, tmp_path, key,
 # -- interrupted runs ---------------------------------------------------------------------------
 
 KILL_IMAGES, KILL_SIZE, KILL_BLOCK = 300, 96, 8
+# The run stops itself (SIGSTOP) when it creates the output folder of the last class folder it
+# walks: the workers finish what they were handed, but that folder's images are never handed
+# out, so the run is certain to be unfinished when it is killed, however loaded the machine.
+# It creates every output folder in its main process (os.mkdir: an audit event), as it reaches
+# it, and never hands out the images of a folder before creating its output folder.
 _RUN = """
-import sys
+import os, signal, sys
+from pathlib import Path
 from timm_ppconvmixer import BlockKey
 from timm_ppconvmixer.data.folders import encrypt_folder
+last, main = Path(sys.argv[2], "validation", "class2"), os.getpid()
+
+def stop_at_the_last_folder(event, args):
+    if event == "os.mkdir" and os.getpid() == main and Path(os.fsdecode(args[0])) == last:
+        os.kill(main, signal.SIGSTOP)
+
+sys.addaudithook(stop_at_the_last_folder)
 key = BlockKey.generate({size}, {block}, seed=5)
 encrypt_folder(sys.argv[1], sys.argv[2], key, workers=2, progress=False)
 """
@@ -251,15 +264,16 @@ def _count_outputs(root: Path) -> int:
     return sum(name.endswith(".png") for _, _, files in os.walk(root) for name in files)
 
 
-def _wait_for_progress(proc: subprocess.Popen, dst: Path, at_least: int) -> int:
-    """Poll until ``at_least`` outputs exist; the run must still be going at that point."""
-    deadline = time.monotonic() + 120
+def _wait_until_stopped(proc: subprocess.Popen, timeout: float = 300) -> None:
+    """Wait for ``proc`` to stop itself (SIGSTOP); fail if it ends or hangs instead."""
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        done = _count_outputs(dst)
-        if done >= at_least or proc.poll() is not None:
-            return done
-        time.sleep(0.005)
-    raise AssertionError("the folder encryption made no progress in 120 s")
+        info = os.waitid(os.P_PID, proc.pid, os.WSTOPPED | os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        if info is not None:
+            assert info.si_code == os.CLD_STOPPED, f"the run ended (code {info.si_status}) first"
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"the folder encryption did not reach its last folder in {timeout} s")
 
 
 def test_killed_run_resumes_to_the_same_bytes_as_a_clean_run(tmp_path):
@@ -273,12 +287,12 @@ def test_killed_run_resumes_to_the_same_bytes_as_a_clean_run(tmp_path):
     script = _RUN.format(size=KILL_SIZE, block=KILL_BLOCK)
     proc = subprocess.Popen([sys.executable, "-c", script, str(src), str(dst)])
     try:
-        done = _wait_for_progress(proc, dst, at_least=KILL_IMAGES // 10)
-        assert proc.poll() is None, "the run ended before it could be killed; use more images"
-        proc.send_signal(signal.SIGKILL)
+        _wait_until_stopped(proc)
+        done = _count_outputs(dst)
     finally:
-        proc.kill()
+        proc.kill()  # SIGKILL ends a stopped process too; its workers die with it
         proc.wait()
+    assert proc.returncode == -signal.SIGKILL  # killed, not finished
     after_kill = _count_outputs(dst)
     assert 0 < done <= after_kill < KILL_IMAGES
 

@@ -3,9 +3,12 @@ it runs without ``datasets`` (blocked in the child process), writes its JSON, an
 check (a recipe run stopped after a checkpoint and resumed) finds the uninterrupted weights."""
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,11 +32,22 @@ def test_gpu_check_tiny_on_cpu_without_datasets(tmp_path):
     result = json.loads(out.read_text())
     assert result["datasets_imported"] is False
     tr = result["training"]
-    assert set(tr["images_per_s"]) == {"ours", "ours_without_p", "timm_convmixer"}
-    assert tr["ours_over_timm_images_per_s"] > 0 and tr["p_share_of_step"] < 1
+    step = tr["step_s"]  # median seconds per step of each model: the measured figures
+    assert set(step) == {"ours", "ours_without_p", "timm_convmixer"}
+    assert all(math.isfinite(v) and v > 0 for v in step.values()), step
+    # every derived figure is the one its name states, from those medians
+    assert tr["images_per_s"] == pytest.approx({k: tr["batch"] / v for k, v in step.items()})
+    assert tr["ours_over_timm_images_per_s"] == pytest.approx(step["timm_convmixer"] / step["ours"])
+    assert tr["p_share_of_step"] == pytest.approx(1 - step["ours_without_p"] / step["ours"])
+    assert set(tr["peak_memory_bytes"]) == set(step)
     assert all(v > 0 for v in tr["peak_memory_bytes"].values())
     enc = result["encrypt_vs_clone"]
-    assert enc["encrypt_images_per_s"] > 0 and enc["clone_images_per_s"] > 0
+    assert all(math.isfinite(enc[k]) and enc[k] > 0 for k in ("encrypt_s", "clone_s")), enc
+    assert enc["encrypt_images_per_s"] == pytest.approx(enc["batch"] / enc["encrypt_s"])
+    assert enc["clone_images_per_s"] == pytest.approx(enc["batch"] / enc["clone_s"])
+    assert enc["throughput_ratio_encrypt_over_clone"] == pytest.approx(
+        enc["clone_s"] / enc["encrypt_s"]
+    )
     resume = result["resume"]
     assert resume["resumed_from_checkpoint"], "the stopped run left no checkpoint"
     assert resume["resumed"], "the second run did not resume from the checkpoint"

@@ -840,5 +840,12 @@ def test_shipped_demo_card_accuracy_is_reproduced_on_the_whole_test_split():
     measured = json.loads((PRETRAINED / "fmnist28_demo_metrics.json").read_text())
     model = timm.create_model("ppconvmixer_256_8_fmnist.demo", pretrained=True).eval()
     images, labels = _fmnist_test()
-    predictions = _owner_logits(model, images, BlockKey.load(DEMO_KEY)).argmax(1).numpy()
-    assert float((predictions == labels).mean()) == measured["eval"]["top1_key"]
+    logits = _owner_logits(model, images, BlockKey.load(DEMO_KEY))
+    correct = int((logits.argmax(1).numpy() == labels).sum())
+    # float32 sums round differently with the thread count and the CPU's vector width: only an
+    # image whose two best logits are closer than 1e-4 (far above that rounding, on logits of
+    # size 5) can change its answer
+    top2 = logits.topk(2, dim=1).values
+    near_ties = int((top2[:, 0] - top2[:, 1] < 1e-4).sum())
+    stated = round(measured["eval"]["top1_key"] * len(labels))
+    assert abs(correct - stated) <= near_ties, (correct, stated, near_ties)

@@ -131,12 +131,24 @@ def decoded_parquet(data: bytes) -> bytes:
     return json.dumps(table.to_pylist(), default=lambda b: b.hex()).encode()
 
 
-def stored_key_material(root: Path, key: BlockKey) -> list[str]:
+def stored_key_material(hub: LocalHub, key: BlockKey, *repos: tuple[str, str]) -> list[str]:
+    """Key material in any file body the server stores (regular blobs and LFS objects).
+
+    Every file of the ``(repo_type, repo_id)`` repositories' main branch must be among the
+    bodies scanned, so a scan that reads nothing (or misses a repository's files) fails
+    instead of finding nothing.
+    """
+    root = hub.store.root
+    scanned = sorted(p for sub in ("blobs", "lfs") for p in (root / sub).rglob("*") if p.is_file())
+    expected = set()
+    for repo_type, repo_id in repos:
+        _, tree = hub.store.tree(make_ref(repo_type, *repo_id.split("/")), "main")
+        expected |= {hub.store.content_path(entry) for entry in tree.values()}
+    unscanned = sorted(str(p.relative_to(root)) for p in expected - set(scanned))
+    assert repos and expected and not unscanned, f"files of {repos} not scanned: {unscanned}"
     hits = []
     encodings = key_encodings(key)
-    for path in sorted(p for p in (root / "blobs").rglob("*") if p.is_file()) + sorted(
-        p for p in (root / "lfs").rglob("*") if p.is_file()
-    ):
+    for path in scanned:
         data = path.read_bytes()
         views = [data] + ([decoded_parquet(data)] if data[:4] == b"PAR1" else [])
         views.append(re.sub(rb"\s+", b"", data))  # indented JSON, YAML
@@ -405,7 +417,7 @@ def test_push_is_byte_exact_resumable_and_never_duplicated(hub: LocalHub, tmp_pa
     assert fingerprint_from_card(card) == key.fingerprint
     splits = yaml.safe_load(card.split("---\n")[1])["dataset_info"]["splits"]
     assert {s["name"]: s["num_examples"] for s in splits} == {"train": 120, "test": 40}
-    assert not stored_key_material(hub.store.root, key)
+    assert not stored_key_material(hub, key, ("dataset", repo))
     # a client reads back, through datasets and the card's configs, exactly the owner's images
     code = """
     import sys, datasets, numpy as np
@@ -605,7 +617,8 @@ def test_the_whole_loop_through_the_hub(hub: LocalHub, tmp_path: Path, train_py:
     assert entry["dataset"]["type"] == "tester/fmnist-enc"
 
     # nothing the server stores, in either repository, holds the key
-    assert not stored_key_material(hub.store.root, key)
+    repos = ("dataset", "tester/fmnist-enc"), ("model", "tester/ppcm-fmnist")
+    assert not stored_key_material(hub, key, *repos)
     assert not (provider / "owner.key").exists()
     print(
         f"\nloop: push {pushed - started:.1f} s, train {trained - pushed:.1f} s, "
@@ -643,7 +656,7 @@ def test_the_whole_loop_through_the_hub(hub: LocalHub, tmp_path: Path, train_py:
         "data's key"
     )
     assert not (provider / "out2").exists()
-    assert not stored_key_material(hub.store.root, other)
+    assert not stored_key_material(hub, other, *repos, ("dataset", "tester/fmnist-other"))
 
 
 @pytest.mark.slow

@@ -44,6 +44,7 @@ PAPER = {
 
 @pytest.fixture(scope="module")
 def table(tmp_path_factory):
+    """One run of the benchmark (six models trained, minutes): its tests are marked slow."""
     if not (FASHION_MNIST_DIR / "t10k-images-idx3-ubyte.gz").is_file():
         pytest.skip("needs the real Fashion-MNIST (apt-get install dataset-fashion-mnist)")
     out = tmp_path_factory.mktemp("table1")
@@ -56,6 +57,7 @@ def table(tmp_path_factory):
     return json.loads((out / "table1.json").read_text()), (out / "table1.md").read_text()
 
 
+@pytest.mark.slow
 def test_rows_and_columns(table):
     results, md = table
     assert [r["row"] for r in results["rows"]] == ROWS
@@ -68,6 +70,7 @@ def test_rows_and_columns(table):
     assert "identity with one channel" in md  # the grey-image caveat is stated
 
 
+@pytest.mark.slow
 def test_encrypted_rows_are_encrypted_with_their_scheme(table):
     rows = {r["row"]: r for r in table[0]["rows"]}
     for name, scheme in [
@@ -99,6 +102,7 @@ def test_encrypted_rows_are_encrypted_with_their_scheme(table):
     assert plain["top1_key"] is None and plain["top1_wrong_key"] is None
 
 
+@pytest.mark.slow
 def test_parameter_counts(table):
     results, _ = table
     rows = {r["row"]: r for r in results["rows"]}
@@ -143,6 +147,7 @@ def test_every_scheme_has_a_row():
     assert set(SCHEMES) | set(ENCRYPT_ONLY_SCHEMES) <= covered
 
 
+@pytest.mark.slow
 def test_zoo_folders_hold_the_measured_numbers_of_the_saved_weights(table):
     import timm
     import torch

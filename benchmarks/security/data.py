@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import functools
 import glob
-import os
 import re
 import sys
 from dataclasses import dataclass
@@ -48,6 +47,8 @@ PRIORS = ("reference", "generic")
 DEFAULT_PRIOR = {"fmnist": "reference", "photo": "generic"}  # per kind of data
 PHOTO_POOL_SEED = 1  # the crops the provider holds
 PHOTO_REFERENCE = (200, 7)  # the attacker's public photographs: 200 other crops (seed 7)
+# scikit-image's natural photographs, shipped in its wheel (skimage/data/)
+SKIMAGE_PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "motorcycle_left.png", "rocket.jpg")
 _NAME = re.compile(r"(fmnist|photo)(\d+)_(\d+)(_gray)?")
 
 
@@ -59,25 +60,42 @@ def canonical(name: str) -> str:
     return name
 
 
+def skimage_photo_paths() -> list[str]:
+    """scikit-image's natural photographs (:data:`SKIMAGE_PHOTOS`), from the folder of its
+    package: the files its wheel ships. ``skimage.data.data_dir`` names pooch's download cache
+    instead where pooch is installed, which may hold none of them.
+
+    Raises:
+        FileNotFoundError: a photograph is missing from the package.
+    """
+    import skimage.data
+
+    folder = Path(skimage.data.__file__).parent
+    missing = [n for n in SKIMAGE_PHOTOS if not (folder / n).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"scikit-image's {', '.join(missing)} not in {folder}: reinstall scikit-image "
+            "(pip install --force-reinstall scikit-image)"
+        )
+    return [str(folder / n) for n in SKIMAGE_PHOTOS]
+
+
 def photo_paths() -> list[str]:
     """The offline photographs: scikit-image's and ``mate-backgrounds``'s."""
-    paths = []
     try:
-        import skimage.data
-
-        d = skimage.data.data_dir
-        names = ("astronaut.png", "chelsea.png", "coffee.png", "motorcycle_left.png", "rocket.jpg")
-        paths += [os.path.join(d, n) for n in names if os.path.exists(os.path.join(d, n))]
+        paths = skimage_photo_paths()
     except ImportError:
-        pass
-    paths += sorted(glob.glob("/usr/share/backgrounds/mate/nature/*.jpg"))
-    return paths
+        paths = []
+    return paths + sorted(glob.glob("/usr/share/backgrounds/mate/nature/*.jpg"))
 
 
-def photo_crops(n: int, size: int = 224, seed: int = 0, gray: bool = False) -> np.ndarray:
+def photo_crops(
+    n: int, size: int = 224, seed: int = 0, gray: bool = False, paths: list[str] | None = None
+) -> np.ndarray:
     """``n`` random square crops (random scale, random mirror) resized to ``size``, (n, C, size,
-    size) uint8; the first ``k`` crops of a seed are the same for every ``n >= k``."""
-    paths = photo_paths()
+    size) uint8, of ``paths`` (default: :func:`photo_paths`); the first ``k`` crops of a seed
+    are the same for every ``n >= k``."""
+    paths = photo_paths() if paths is None else paths
     if len(paths) < 5:
         sys.exit(
             "no photographs: pip install 'timm-ppconvmixer[security]' (scikit-image) and "
@@ -123,13 +141,15 @@ class Setting:
     """One setting's data. ``x``/``y``: the provider's images and labels (``y`` None for
     photographs); ``ref``/``ref_y``: the attacker's public images of the same kind (reference
     prior) and the labels the plain-domain classifier is trained with (None: no classifier).
-    For photographs ``ref`` is drawn on first use."""
+    For photographs ``ref`` is drawn on first use, and ``photos`` names the files the crops
+    are cut from (None: :func:`photo_paths`)."""
 
     name: str
     x: np.ndarray | None = None
     y: np.ndarray | None = None
     ref: np.ndarray | None = None
     ref_y: np.ndarray | None = None
+    photos: list[str] | None = None
 
     def __post_init__(self) -> None:
         self.name = canonical(self.name)
@@ -146,7 +166,7 @@ class Setting:
             return GenericPrior()
         if self.ref is None and self.kind == "photo":
             n, seed = PHOTO_REFERENCE
-            self.ref = photo_crops(n, self.side, seed=seed, gray=self.gray)
+            self.ref = photo_crops(n, self.side, seed=seed, gray=self.gray, paths=self.photos)
         return ReferencePrior(self.ref)
 
     def classifier(self, cache: Path):
@@ -164,7 +184,7 @@ class Setting:
         random order seeded by ``seed``, or (``fresh_photos``) ``max(ns)`` new crops seeded by
         ``seed``, in the order drawn. Returns ``(x, y, order)``."""
         if fresh_photos and self.kind == "photo":
-            x = photo_crops(max(ns), self.side, seed=seed, gray=self.gray)
+            x = photo_crops(max(ns), self.side, seed=seed, gray=self.gray, paths=self.photos)
             return x, None, np.arange(len(x))
         return self.x, self.y, np.random.default_rng(seed).permutation(len(self.x))
 
