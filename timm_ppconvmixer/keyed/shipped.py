@@ -18,7 +18,7 @@ import json
 
 from timm.models import generate_default_cfgs, register_model
 
-from ..models.registry import PPConvMixer, _args, _cfg, _create_ppconvmixer
+from ..models.registry import PPConvMixer, _args, _cfg, _create_ppconvmixer, _resolve_cfg
 from .pretrained import DEMO_WEIGHTS, SHIPPED_ZOO
 
 __all__ = ["SHIPPED_WEIGHTS"]
@@ -98,7 +98,9 @@ def ppconvmixer_128_8_fmnist(pretrained: bool = False, **kwargs) -> PPConvMixer:
     kernel 5, block/patch 4, Fashion-MNIST 28x28x1, 10 classes. The ``.zoo_*`` tags hold its
     shipped weights (``_ZOO_TAGS``: with P on blockwise images under the PUBLIC zoo key,
     without P on blockwise, PE and plain images)."""
-    tag = kwargs.get("pretrained_cfg")
-    tag_args = _ZOO_TAGS[tag][0] if isinstance(tag, str) and tag in _ZOO_TAGS else {}
+    # the tag however timm names it (a tag, a PretrainedCfg, a dict, with an overlay): its
+    # weights' architecture follows it, and weights without P never meet a random P
+    tag = _resolve_cfg("ppconvmixer_128_8_fmnist", kwargs).tag
+    tag_args = _ZOO_TAGS[tag][0] if tag in _ZOO_TAGS else {}
     defaults = dict(dim=128, depth=8, kernel_size=5, patch_size=4, num_classes=10, **tag_args)
     return _create_shipped("ppconvmixer_128_8_fmnist", pretrained, **_args(defaults, kwargs))

@@ -33,15 +33,29 @@ from timm.models import (
     generate_default_cfgs,
     get_pretrained_cfg,
     register_model,
-    resolve_pretrained_cfg,
 )
+from timm.models._features import FeatureGetterNet
 from timm.models.convmixer import ConvMixer
 from torch import nn
 
 from ..key import BlockKey
-from ..models.registry import KeyBoundError, PPConvMixer, _args, _cfg, _create_ppconvmixer
+from ..models.registry import (
+    KeyBoundError,
+    PPConvMixer,
+    _args,
+    _cfg,
+    _create_ppconvmixer,
+    _resolve_cfg,
+    with_cfg_fields,
+)
 
-__all__ = ["KEY_BOUND_TAGS", "KeyBoundError", "is_key_bound", "load_key_bound"]
+__all__ = [
+    "KEY_BOUND_TAGS",
+    "KeyBoundError",
+    "KeyBoundFeatures",
+    "is_key_bound",
+    "load_key_bound",
+]
 
 # key-bound tag -> timm's plain tag whose weights it converts
 KEY_BOUND_TAGS = {
@@ -59,6 +73,32 @@ _SOURCE_FIELDS = ("url", "file", "state_dict", "hf_hub_id", "hf_hub_filename", "
 _PP_ONLY = set(inspect.signature(PPConvMixer.__init__).parameters) - set(
     inspect.signature(ConvMixer.__init__).parameters
 )
+# timm's features_only options (build_model_with_cfg): they shape the returned model, not the
+# plain one the weights are converted from
+_FEATURE_ARGS = ("features_only", "out_indices", "feature_cls")
+# what a key-bound tag shares with timm's cfg of the weights it converts: the same preparation
+# of the plain image before encryption (timm.data.resolve_data_config gives the same), the same
+# head and stem names, the licence of the weights
+_PLAIN_CFG_FIELDS = (
+    "num_classes",
+    "input_size",
+    "interpolation",
+    "crop_pct",
+    "crop_mode",
+    "mean",
+    "std",
+    "first_conv",
+    "classifier",
+    "license",
+)
+
+
+class KeyBoundFeatures(FeatureGetterNet):
+    """timm's ``FeatureGetterNet`` (timm's feature wrapper for ConvMixer) around a key-bound
+    model: timm's ``create_model`` records the caller's keywords on the model it returns, and
+    this wrapper, like :class:`PPConvMixer`, never keeps ``key``."""
+
+    _model_args = PPConvMixer._model_args
 
 
 def _keygen_hint(size: tuple[int, int], block: int, channels: int) -> str:
@@ -75,9 +115,10 @@ def _tag_cfg(plain_tag: str, pool_size: tuple[int, int]) -> dict:
     return _cfg(
         pool_size=pool_size,
         hf_hub_id=plain.hf_hub_id,  # the plain weights', read by timm's loader
-        license=plain.license,
-        description=f"timm's {plain_tag} converted exactly to your key's encrypted domain "
-        "at load (pass key=); nothing key-derived is downloaded",
+        description=f"timm's plain {plain_tag} weights (hf_hub_id {plain.hf_hub_id}: not "
+        "encrypted, not key-bound), converted exactly to your key's encrypted domain at load; "
+        "pass key=, nothing key-derived is downloaded",
+        **{f: getattr(plain, f) for f in _PLAIN_CFG_FIELDS},
     )
 
 
@@ -121,22 +162,37 @@ def _resolve_key(key, tag: str, size: tuple[int, int], block: int, channels: int
 
 def load_key_bound(
     variant: str, defaults: dict, key, pretrained_cfg=None, pretrained_cfg_overlay=None, **kwargs
-) -> PPConvMixer:
+) -> PPConvMixer | KeyBoundFeatures:
     """The key-bound model: timm's plain weights (timm's loader), converted under ``key``.
 
     ``kwargs`` are model options as for the untagged architecture (``num_classes``,
-    ``penalty_weight``, a shallower ``depth`` for a matching checkpoint, ...): the plain model
-    takes the ConvMixer ones, the returned PPConvMixer all of them.
+    ``penalty_weight``, a shallower ``depth`` for a matching checkpoint, ``features_only``,
+    ...): the plain model takes the ConvMixer ones, the returned PPConvMixer all of them. Its
+    ``pretrained_cfg`` is the tag's (resolved as timm does, with ``pretrained_cfg_overlay``),
+    with the key's input size and ``converted_from``: timm's plain tag whose weights it holds.
+
+    With ``features_only=True`` it is timm's feature model (``KeyBoundFeatures``, as timm's
+    ``FeatureGetterNet`` for ConvMixer, same ``out_indices``): the converted P puts the tokens
+    back in the plain block order inside the stem, so every block's output on encrypted images
+    equals the plain feature model's on the plain images (tests/test_zoo_conventions.py).
     """
     from .convert import encrypt_model  # the conversion identity, docs/design.md section 1
 
-    cfg = resolve_pretrained_cfg(variant, pretrained_cfg, pretrained_cfg_overlay)
+    cfg = _resolve_cfg(
+        variant, dict(pretrained_cfg=pretrained_cfg, pretrained_cfg_overlay=pretrained_cfg_overlay)
+    )
     tag = f"{variant}.{cfg.tag}"
     args = _args(defaults, kwargs)
+    features = {k: args.pop(k) for k in _FEATURE_ARGS if k in args}
     size = to_2tuple(args.get("img_size") or cfg.input_size[1:])
     key = _resolve_key(key, tag, size, args["patch_size"], args.get("in_chans", 3))
     if args.get("permutation", True) is False or args.get("permutation_param", "dense") != "dense":
         raise KeyBoundError(f"{tag}: the converted block order needs the dense P (the default)")
+    if features.get("features_only") and features.get("feature_cls", "getter") != "getter":
+        raise KeyBoundError(
+            f"{tag}: features_only gives timm's feature getter, as for timm's ConvMixer; leave "
+            "out feature_cls (or pass feature_cls='getter')"
+        )
     plain_arch, plain_name = KEY_BOUND_TAGS[tag].split(".", 1)
     source = {f: getattr(cfg, f) for f in _SOURCE_FIELDS if getattr(cfg, f)}
     if "num_classes" in (pretrained_cfg_overlay or {}):  # train.py's -1: a new head, as timm's
@@ -151,21 +207,37 @@ def load_key_bound(
         **{k: v for k, v in args.items() if k not in _PP_ONLY and k != "img_size"},
     )
     converted = encrypt_model(plain, key)  # from here on only the key's fingerprint goes on
-    final_cfg = dict(converted.pretrained_cfg, architecture=variant)
+    domain = {f: converted.pretrained_cfg[f] for f in ("input_size", "mean", "std")}
     args["key_fingerprint"] = converted.key_fingerprint
-    model = _create_ppconvmixer(variant, False, pretrained_cfg=final_cfg, **args)
-    model.load_state_dict(converted.state_dict(), strict=True)
-    # timm's create_model adds the caller's keywords (never key=: PPConvMixer drops it), and
-    # timm's own save_for_hf then writes the fingerprint into config.json's model_args
-    model._model_args = {"key_fingerprint": model.key_fingerprint}
+    if features.get("features_only"):
+        features["feature_cls"] = KeyBoundFeatures
+    # timm's builder and loader once more, from the converted weights in memory: features_only,
+    # out_indices, a new head and P's checks as for any timm model
+    model = _create_ppconvmixer(
+        variant,
+        True,
+        pretrained_cfg={**cfg.to_dict(), **domain},
+        pretrained_cfg_overlay=dict(state_dict=converted.state_dict()),
+        **args,
+        **features,
+    )
+    # the cfg keeps no copy of the weights; converted_from is the non-secret marker of a
+    # key-bound load, read by model cards and the leak guard (the wrapper's and its model's)
+    for module in (model, getattr(model, "model", None)):
+        if module is not None:
+            kept = {k: v for k, v in module.pretrained_cfg.items() if k != "state_dict"}
+            module.pretrained_cfg = kept
+            with_cfg_fields(module, converted_from=KEY_BOUND_TAGS[tag])
+    # timm's create_model adds the caller's keywords (never key=: PPConvMixer and
+    # KeyBoundFeatures drop it), and timm's own save_for_hf then writes the fingerprint into
+    # config.json's model_args
+    model._model_args = {"key_fingerprint": converted.key_fingerprint}
     model.train(plain.training)
     return model
 
 
 def _entry(variant: str, defaults: dict, pretrained: bool, kwargs: dict) -> PPConvMixer:
-    cfg = resolve_pretrained_cfg(
-        variant, kwargs.get("pretrained_cfg"), kwargs.get("pretrained_cfg_overlay")
-    )
+    cfg = _resolve_cfg(variant, kwargs)
     if pretrained and is_key_bound(f"{variant}.{cfg.tag}") and cfg.source not in _SAVED_SOURCES:
         key = kwargs.pop("key", None)
         return load_key_bound(variant, defaults, key, **kwargs)
