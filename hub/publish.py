@@ -17,6 +17,16 @@ is not ready (weights not there yet, fingerprint or metrics missing, key materia
 reported with what to do; ``--push`` then uploads nothing. Uploads use the real
 ``huggingface_hub`` client (``HF_TOKEN`` / ``--token``, ``HF_ENDPOINT``) and scan every file
 again first. See docs/hub.md.
+
+The card: a weights folder that holds a ``README.md`` ships its card (the package's
+``timm_ppconvmixer/keyed/pretrained/*/README.md``, written by the command that wrote the
+weights): that card is what is uploaded, byte for byte, once it is what the current code writes
+for those weights, that key and the entry's metrics around the card's own notes and recipe
+(else the entry is not ready). ``--refresh-cards`` writes such cards again with the current code
+(``timm_ppconvmixer.hub.model_card``; the numbers from the metrics file, the prose kept). A
+folder without a card gets one from the manifest (``recipe``, ``notes``).
+
+    python -m hub.publish --refresh-cards        # rewrite the shipped cards, then check them
 """
 
 from __future__ import annotations
@@ -33,6 +43,7 @@ from typing import Any
 
 import yaml
 
+from timm_ppconvmixer.atomic import atomic_write_bytes
 from timm_ppconvmixer.hub import (
     HubError,
     export,
@@ -42,6 +53,8 @@ from timm_ppconvmixer.hub import (
     scan_for_key_material,
     upload_model_folder,
 )
+from timm_ppconvmixer.hub.model_card import card_inputs
+from timm_ppconvmixer.hub.model_folder import CARD_FILE
 from timm_ppconvmixer.keyed.zoo import KEY_BOUND_TAGS
 from timm_ppconvmixer.schemes import SchemeKey, load_key
 
@@ -92,7 +105,7 @@ class Entry:
     key_fingerprint: str | None = None
     key_file: Path | None = None
     metrics: dict | Path | None = None
-    license: str = "apache-2.0"
+    license: str | None = None  # default: the licence the weights' pretrained_cfg names
     private: bool = False
     revision: str | None = None
     allow_key_derived_weights: bool = False
@@ -136,7 +149,7 @@ class Entry:
             key_fingerprint=data.get("key_fingerprint"),
             key_file=_path(root, data.get("key_file")),
             metrics=_path(root, metrics) if isinstance(metrics, str) else metrics,
-            license=str(data.get("license", "apache-2.0")),
+            license=None if data.get("license") is None else str(data["license"]),
             private=bool(data.get("private", False)),
             revision=data.get("revision"),
             allow_key_derived_weights=bool(data.get("allow_key_derived_weights", False)),
@@ -164,7 +177,7 @@ class Entry:
             name=name,
             repo_id=None,
             weights=None,
-            license=str(data.get("license", "apache-2.0")),
+            license=None if data.get("license") is None else str(data["license"]),
             kind=KEY_BOUND,
             converts=str(data["converts"]),
             published_accuracy=data.get("published_accuracy"),
@@ -258,8 +271,17 @@ def _check_complete(entry: Entry, recorded: str | None) -> None:
         )
 
 
-def prepare(entry: Entry, out_dir: Path, for_push: bool) -> Prepared:
+def shipped_card(entry: Entry) -> Path | None:
+    """The card the entry's weights folder ships (its ``README.md``), if it has one."""
+    card = entry.weights / CARD_FILE if entry.weights is not None else None
+    return card if card is not None and card.is_file() else None
+
+
+def prepare(entry: Entry, out_dir: Path, for_push: bool, refresh: bool = False) -> Prepared:
     """Load, check and export one entry into ``out_dir / entry.name`` (leak guard included).
+    A weights folder with a card (:func:`shipped_card`) keeps its notes and recipe, and its
+    card must be what the export writes, unless ``refresh`` (the export's card then replaces
+    it: ``--refresh-cards``).
 
     Raises :class:`NotReadyError` with the reason and what to do.
     """
@@ -268,6 +290,12 @@ def prepare(entry: Entry, out_dir: Path, for_push: bool) -> Prepared:
             f"weights folder {entry.weights} does not exist yet: train the model "
             f"({entry.reproduce or entry.recipe or 'see the recipe'}) and save its model folder "
             "(model.safetensors + config.json, e.g. timm_ppconvmixer.hub.save_model_folder) there"
+        )
+    shipped = shipped_card(entry)
+    if shipped is not None and (entry.recipe or entry.notes):
+        raise NotReadyError(
+            f"{shipped} is the card this entry ships, with its own notes and recipe: remove "
+            "recipe/notes from the manifest entry"
         )
     try:
         model = load_model(entry.weights)
@@ -284,25 +312,58 @@ def prepare(entry: Entry, out_dir: Path, for_push: bool) -> Prepared:
         if for_push:
             _check_complete(entry, recorded)
         key = _load_key(entry)
-        recipe = recipe_from_file(entry.recipe) if entry.recipe else None
+        if shipped is not None:
+            prose = card_inputs(shipped.read_text(encoding="utf-8"))
+        else:
+            recipe = recipe_from_file(entry.recipe) if entry.recipe else None
+            prose = {"notes": entry.notes, "recipe": recipe}
         folder = export(
             model,
             out_dir / entry.name,
             key=key,
             metrics=_load_metrics(entry),
             dataset=entry.dataset,
-            recipe=recipe,
             license=entry.license,
             repo_id=entry.repo_id,
             model_name=entry.name,
             allow_key_derived_weights=entry.allow_key_derived_weights,
             plain_images=entry.plain_images,
-            notes=entry.notes,
             overwrite=True,  # out_dir is a scratch folder for this run
+            **prose,
         )
     except HubError as e:  # includes the leak guard's refusal, which names the file
         raise NotReadyError(str(e)) from e
+    if shipped is not None and not refresh:
+        _check_shipped_card(entry, shipped, folder / CARD_FILE)
     return Prepared(entry, folder, key, _guard_summary(folder, key), _warnings(entry, key))
+
+
+def _check_shipped_card(entry: Entry, shipped: Path, written: Path) -> None:
+    """The shipped card is uploaded as it is: refuse one the current code would not write."""
+    if shipped.read_bytes() == written.read_bytes():
+        return
+    have = shipped.read_text(encoding="utf-8").splitlines()
+    want = written.read_text(encoding="utf-8").splitlines()
+    line = next(
+        (i for i, (a, b) in enumerate(zip(have, want, strict=False)) if a != b),
+        min(len(have), len(want)),
+    )
+    raise NotReadyError(
+        f"{shipped} is not the card the code writes for these weights and metrics (line "
+        f"{line + 1}: {have[line] if line < len(have) else '<end>'!r} where the code writes "
+        f"{want[line] if line < len(want) else '<end>'!r}); write it again: python -m "
+        f"hub.publish --refresh-cards --only {entry.name}"
+    )
+
+
+def refresh(prepared: Prepared) -> str:
+    """Write the entry's shipped card again from its export (atomically); what happened."""
+    shipped = shipped_card(prepared.entry)
+    text = (prepared.folder / CARD_FILE).read_bytes()
+    if shipped.read_bytes() == text:
+        return f"  card: {shipped} is up to date"
+    atomic_write_bytes(shipped, text)
+    return f"  card: wrote {shipped}"
 
 
 def _guard_summary(folder: Path, key: SchemeKey | None) -> str:
@@ -370,6 +431,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--token", help="Hub token (default: HF_TOKEN or the stored login)")
     parser.add_argument("--out", help="keep the exported folders here (default: a temp dir)")
     parser.add_argument("--card-lines", type=int, default=40, help="card lines to preview (0: all)")
+    parser.add_argument(
+        "--refresh-cards",
+        action="store_true",
+        help="write the cards the weights folders ship again with the current code (numbers "
+        "from the metrics files, notes and recipe kept), then report as a dry run",
+    )
     return parser
 
 
@@ -400,12 +467,14 @@ def _prepare_all(entries: list[Entry], out: Path, args) -> tuple[list[Prepared],
             continue
         print(f"[{i}/{len(entries)}] {entry.name} -> {entry.repo_id}", flush=True)
         try:
-            prepared = prepare(entry, out, for_push=args.push)
+            prepared = prepare(entry, out, for_push=args.push, refresh=args.refresh_cards)
         except NotReadyError as e:
             not_ready += 1
             print(f"  NOT READY: {e}")
             continue
         ready.append(prepared)
+        if args.refresh_cards and shipped_card(entry) is not None:
+            print(refresh(prepared))
         print(describe(prepared, args.card_lines))
     return ready, not_ready
 
@@ -453,6 +522,13 @@ def run(args: argparse.Namespace, out: Path) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.refresh_cards and args.push:
+        print(
+            "error: --refresh-cards rewrites the cards in the weights folders: review them "
+            "(git diff), then publish with --push",
+            file=sys.stderr,
+        )
+        return 1
     try:
         if args.out:
             return run(args, Path(args.out))

@@ -342,3 +342,53 @@ def test_convert_cli_needs_weights(tmp_path):
     )  # fmt: skip
     assert proc.returncode == 1 and "no weights to convert" in proc.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_convert_cli_of_published_weights_marks_the_folder_for_the_leak_guard(tmp_path):
+    """Weights converted from a published checkpoint (here a local-dir: folder, as a timm tag or
+    hf-hub: would be) give the key back against it: config.json says which checkpoint, and the
+    leak guard refuses the folder unless the owner accepts that; a --checkpoint conversion of
+    the owner's own weights carries no such mark."""
+    import json
+    import subprocess
+    from pathlib import Path
+
+    from timm.models import save_for_hf
+
+    from timm_ppconvmixer.hub import KeyMaterialError, assert_no_key_material
+    from timm_ppconvmixer.hub.leak_guard import PublicStemFinding
+
+    torch.manual_seed(0)
+    plain = timm.create_model("convmixer_1024_20_ks9_p14", num_classes=4).eval()
+    published = tmp_path / "published"
+    save_for_hf(plain, published, safe_serialization=True)
+    key_path = BlockKey.generate(224, 14, seed=3).save(tmp_path / "owner.key")
+    out = tmp_path / "converted"
+    cli = Path(sys.executable).parent / "ppconvmixer"
+    spec = f"local-dir:{published}"
+    proc = subprocess.run(
+        [cli, "convert", "--key", key_path, "--model", spec, out], capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((out / "config.json").read_text())["converted_from"] == spec
+    key = BlockKey.load(key_path)
+    with pytest.raises(KeyMaterialError, match="allow_public_stem_leak"):
+        assert_no_key_material(out, key)
+    with pytest.raises(KeyMaterialError, match="allow_public_stem_leak"):  # P alone accepted
+        assert_no_key_material(out, key, allow_key_derived_weights=True)
+    accepted = assert_no_key_material(
+        out, key, allow_key_derived_weights=True, allow_public_stem_leak=True
+    )
+    assert [f for f in accepted if isinstance(f, PublicStemFinding)]
+    own = tmp_path / "own"  # the owner's own checkpoint: nothing public to compare against
+    ckpt = tmp_path / "plain.safetensors"
+    from safetensors.torch import save_file
+
+    save_file(plain.state_dict(), ckpt)
+    args = ["--model", "convmixer_1024_20_ks9_p14", "--num-classes", "4", "--checkpoint", ckpt]
+    proc = subprocess.run(
+        [cli, "convert", "--key", key_path, *args, own], capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "converted_from" not in json.loads((own / "config.json").read_text())
+    assert_no_key_material(own, key, allow_key_derived_weights=True)

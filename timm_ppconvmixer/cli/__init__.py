@@ -3,7 +3,7 @@
 Every subcommand exits non-zero with one clear ``error:`` line on bad input; keys are never
 printed, only their fingerprints. argparse lives only in this package: :mod:`.key_commands`
 (keys, single images, conversion), :mod:`.data_commands` (folders and datasets, owner
-evaluation, provider checks), :mod:`.hub_commands` (push, attack), :mod:`.common`.
+evaluation, provider checks), :mod:`.hub_commands` (push, attack, card-numbers), :mod:`.common`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from ..images import ImagePolicyError
 from ..key import InvalidKeyError
 from .common import CLIError
 from .data_commands import add_data_parsers
-from .hub_commands import add_attack_parser, add_push_parser
+from .hub_commands import add_attack_parser, add_card_numbers_parser, add_push_parser
 from .key_commands import add_key_parsers
 
 __all__ = ["CLIError", "build_parser", "main"]
@@ -36,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_parsers(sub)
     add_push_parser(sub)
     add_attack_parser(sub)
+    add_card_numbers_parser(sub)
     return parser
 
 

@@ -118,7 +118,9 @@ def _add_dataset_hub_parsers(subparsers: argparse._SubParsersAction) -> None:
         "and images encrypted with a fresh wrong key. Prints JSON (top-1 as fractions). DATA is "
         "hfds/OWNER/NAME (an encrypted Hub dataset: decrypted with the key), a save_to_disk "
         "folder or an encrypted folder. --push-card writes the numbers into the model card's "
-        "model-index on the Hub (key-free, scanned for key material first).",
+        "model-index on the Hub (key-free, scanned for key material first), committed to the "
+        "branch MODEL names (hf-hub:OWNER/NAME@BRANCH; default main) or to --revision BRANCH "
+        "(needed when MODEL names a tag or a commit); the branch is checked before evaluating.",
     )
     p.add_argument("model", help="hf-hub:ID, local-dir:PATH or a model folder")
     p.add_argument("data", help="hfds/OWNER/NAME, hub:OWNER/NAME or a folder")
@@ -129,6 +131,8 @@ def _add_dataset_hub_parsers(subparsers: argparse._SubParsersAction) -> None:
                    "unless its card or ENCRYPTION.json records a key)")  # fmt: skip
     p.add_argument("--output", help="also write the results to this JSON file")
     p.add_argument("--push-card", action="store_true", help="update MODEL's card (hf-hub: only)")
+    p.add_argument("--revision", help="with --push-card: the branch whose card gets the numbers "
+                   "(default: the branch MODEL names, else main)")  # fmt: skip
     p.add_argument("--dataset-id", help="Hub dataset id for the card (default: DATA's)")
     p.add_argument("--token", help="Hub token (default: HF_TOKEN or the stored login)")
     p.set_defaults(func=_cmd_evaluate)
@@ -167,10 +171,16 @@ def _cmd_encrypt(args: argparse.Namespace) -> None:
 def _cmd_evaluate(args: argparse.Namespace) -> None:
     from ..atomic import atomic_write_bytes
     from ..hub import evaluate_with_key, push_evaluation
+    from ..hub.evaluate import card_branch, split_revision
 
     key = load_key(args.key)
+    if args.revision and not args.push_card:
+        raise CLIError("--revision names the branch --push-card commits to: add --push-card")
     if args.push_card and not args.model.startswith("hf-hub:"):
         raise CLIError("--push-card updates a Hub model card: MODEL must be hf-hub:OWNER/NAME")
+    if args.push_card:  # before the evaluation: a card the Hub cannot take wastes none
+        repo, evaluated = split_revision(args.model)
+        branch = card_branch(repo, evaluated, args.revision, token=args.token)
     results = evaluate_with_key(args.model, args.data, key, split=args.split, limit=args.limit,
                                 encrypted=args.encrypted or None, token=args.token)  # fmt: skip
     text = json.dumps(results, indent=2)
@@ -178,9 +188,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     if args.output:
         atomic_write_bytes(args.output, (text + "\n").encode())
     if args.push_card:
-        repo = args.model[len("hf-hub:") :]
-        url = push_evaluation(repo, results, key=key, dataset=args.dataset_id, token=args.token)
-        print(f"updated the model card: {url}")
+        url = push_evaluation(repo, results, key=key, dataset=args.dataset_id, revision=branch,
+                              token=args.token,
+                              commit_message=f"Owner's evaluation of {args.model} with the key "
+                              "(model-index)")  # fmt: skip
+        print(f"updated the model card on branch {branch}: {url}")
 
 
 def _cmd_check_data(args: argparse.Namespace) -> None:

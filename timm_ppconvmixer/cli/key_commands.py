@@ -165,6 +165,7 @@ def _names_weights(name: str) -> bool:
 def _cmd_convert(args: argparse.Namespace) -> None:
     from ..hub import save_model_folder
     from ..keyed.convert import ConversionError, encrypt_model  # scipy: only when converting
+    from ..models.registry import with_cfg_fields
 
     key = BlockKey.load(args.key)
     source = _load_source_model(args)
@@ -172,5 +173,10 @@ def _cmd_convert(args: argparse.Namespace) -> None:
         converted = encrypt_model(source, key, mean=args.mean, std=args.std)
     except ConversionError as e:
         raise CLIError(str(e)) from None
+    if args.checkpoint is None:
+        # published weights (a timm tag, hf-hub:, local-dir:): their stem gives the key back
+        # against the public one, so the folder says which weights it converted and the leak
+        # guard refuses to share it unless told the user accepts that
+        with_cfg_fields(converted, converted_from=args.model)
     out = save_model_folder(converted, args.output, overwrite=args.overwrite)
     print(f"wrote {out} (key {key.fingerprint}); load it with timm.create_model('local-dir:{out}')")

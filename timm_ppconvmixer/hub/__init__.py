@@ -33,7 +33,12 @@ from .fingerprints import (
     model_key_fingerprints,
 )
 from .key_patterns import MASK_WINDOW, MIN_WINDOW_BITS, PERM_WINDOW, Finding
-from .leak_guard import assert_no_key_material, scan_for_key_material
+from .leak_guard import (
+    PublicStemFinding,
+    assert_no_key_material,
+    key_material_in_model_args,
+    scan_for_key_material,
+)
 from .model_card import METRIC_LABELS, TAGS, model_card, model_index, normalize_metrics
 from .model_folder import export, load_model, model_args_for_export, save_model_folder
 from .transfer import (
@@ -54,6 +59,7 @@ __all__ = [
     "METRIC_LABELS",
     "MIN_WINDOW_BITS",
     "PERM_WINDOW",
+    "PublicStemFinding",
     "TAGS",
     "assert_no_key_material",
     "check_key_fingerprints",
@@ -63,6 +69,7 @@ __all__ = [
     "export",
     "fingerprint_from_card",
     "folder_listing",
+    "key_material_in_model_args",
     "load_encrypted_source",
     "load_model",
     "model_args_for_export",

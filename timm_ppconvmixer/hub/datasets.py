@@ -135,6 +135,7 @@ def push_encrypted_dataset(
     resize: str = "shorter-center-crop",
     max_shard_size: int | str = "500MB",
     private: bool = True,
+    revision: str | None = None,
     token: str | None = None,
     license: str = "other",
     pretty_name: str | None = None,
@@ -149,7 +150,11 @@ def push_encrypted_dataset(
     size, mode, and that they decrypt to natural images), or plain with ``encrypt=True``. The
     key itself never leaves: it is needed for the checks, the leak guard and the card's
     fingerprint. Shards of at most ``max_shard_size``; the repository is created private
-    unless ``private=False`` (an existing repository keeps its visibility).
+    unless ``private=False`` (an existing repository keeps its visibility). ``revision`` names
+    the branch to push to, created from ``main`` if missing (as ``HfApi.upload_folder`` and
+    ``datasets``' ``push_to_hub(revision=...)`` do); read it back with
+    ``datasets.load_dataset(repo_id, revision=...)``, its fingerprint with
+    :func:`~.fingerprints.dataset_key_fingerprint` ``(..., revision=...)``.
 
     Example:
         >>> from timm_ppconvmixer.data import load_fashion_mnist
@@ -179,6 +184,8 @@ def push_encrypted_dataset(
         try:
             repo_id = api.create_repo(repo_id, repo_type="dataset", private=private,
                                       exist_ok=True).repo_id  # fmt: skip
+            if revision not in (None, "main"):  # as upload_folder's users expect: made if missing
+                api.create_branch(repo_id, branch=revision, repo_type="dataset", exist_ok=True)
             card = dataset_card(
                 key,
                 {name: len(ds) for name, ds in dd.items()},
@@ -194,18 +201,19 @@ def push_encrypted_dataset(
             # the commit below uploads the staged folder as it is: the scanned shards and
             # this scanned card, byte for byte
             assert_no_key_material(atomic_write_bytes(stage / "README.md", card.encode()), key)
-            say(f"pushing {checked} images encrypted with key {key.fingerprint} to {repo_id}: "
-                f"{len(staged)} shards and the card, checked and scanned")  # fmt: skip
-            operations = commit_operations(api, repo_id, stage, revision=None)
+            branch = f" ({revision})" if revision else ""
+            say(f"pushing {checked} images encrypted with key {key.fingerprint} to {repo_id}"
+                f"{branch}: {len(staged)} shards and the card, checked and scanned")  # fmt: skip
+            operations = commit_operations(api, repo_id, stage, revision=revision)
             api.create_commit(repo_id, operations, commit_message=commit_message,
-                              repo_type="dataset")  # fmt: skip
-            verify_uploaded(api, repo_id, staged, revision=None)
+                              repo_type="dataset", revision=revision)  # fmt: skip
+            verify_uploaded(api, repo_id, staged, revision=revision)
         except transport_errors() as e:
             raise HubError(
                 f"pushing the dataset to {repo_id} failed: {first_line(e)}; check the token "
                 "(HF_TOKEN or `hf auth login`), write access and the network, then push again "
                 "(shards already uploaded are not sent twice)"
             ) from e
-    url = f"{api.endpoint}/datasets/{repo_id}"
+    url = f"{api.endpoint}/datasets/{repo_id}" + (f"/tree/{revision}" if revision else "")
     say(f"done: {url}")
     return url

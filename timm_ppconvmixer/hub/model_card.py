@@ -1,8 +1,10 @@
 """The model card (``README.md``) of a shared model: its Hub metadata, built by
 huggingface_hub's ``ModelCardData`` (``model-index`` from one ``EvalResult`` per measured
-top-1 accuracy), then this project's prose: the model's results, architecture, key facts (only
-the public fingerprint and scheme), usage, privacy notes and limitations; and validation of the
-measured metrics it reports. The metadata holds only Hub fields: project facts stay in the body.
+top-1 accuracy; the licence of the weights' ``pretrained_cfg``; tags naming the scheme the
+images are encrypted with), then this project's prose: the model's results, architecture, where
+the weights come from, key facts (only the public fingerprint and scheme), usage, privacy notes
+and limitations; and validation of the measured metrics it reports. The metadata holds only Hub
+fields: project facts stay in the body.
 """
 
 from __future__ import annotations
@@ -28,19 +30,41 @@ from .file_scan import permutation_of_matrix
 
 __all__ = [
     "METRIC_LABELS",
+    "SCHEME_TAGS",
     "TAGS",
+    "card_inputs",
+    "card_license",
+    "card_metrics",
     "card_text",
+    "converted_from",
     "dataset_reference",
     "eval_results",
     "model_card",
     "model_index",
     "normalize_metrics",
     "results_section",
+    "unloaded_tag_fields",
 ]
 
-TAGS = ["timm", "image-classification", "privacy-preserving", "block-wise-encryption"]
-# added to TAGS by the card's architecture family (and "adaptnet" where an AdaptNet is in front)
+# every card's first tags; then "privacy-preserving" and the scheme's tags for a model of
+# encrypted images (none for a plain baseline), then the architecture family's
+TAGS = ["timm", "image-classification"]
+ENCRYPTED_TAG = "privacy-preserving"
+# the tags of each scheme's images (key file ``scheme`` -> Hub tags): LE, ELE and EtC work on
+# blocks as the paper's scheme does; PE works on single pixels (block size 1)
+SCHEME_TAGS = {
+    "ppconvmixer-blockwise": ["block-wise-encryption"],
+    "ppconvmixer-le": ["block-wise-encryption", "learnable-image-encryption"],
+    "ppconvmixer-ele": ["block-wise-encryption", "learnable-image-encryption"],
+    "ppconvmixer-etc": ["block-wise-encryption", "encryption-then-compression"],
+    "ppconvmixer-pe": ["pixel-wise-encryption"],
+    "ppconvmixer-pe-per-image": ["pixel-wise-encryption"],
+}
+# added by the card's architecture family (and "adaptnet" where an AdaptNet is in front)
 FAMILY_TAGS = {"convmixer": ["convmixer"], "pyramidnet": ["pyramidnet", "shakedrop"]}
+# pretrained_cfg fields a model holds only in memory: timm's PretrainedCfg takes no such field,
+# so config.json never carries them (a reload through timm would refuse the config)
+IN_MEMORY_CFG_FIELDS = ("converted_from",)
 # Top-1 accuracies as recipes/train.py measures them (fractions in [0, 1]), and what each means.
 METRIC_LABELS = {
     "top1_key": "test images encrypted with this model's key",
@@ -48,6 +72,7 @@ METRIC_LABELS = {
     "top1_plain": "plain (unencrypted) test images",
     "top1_wrong_key": "test images encrypted with a different key",
 }
+_NO_RECIPE = "No training recipe was provided with this export."
 # the order of the metadata fields, as the shipped cards have them; model-index comes last
 FIELD_ORDER = ["library_name", "pipeline_tag", "license", "tags", "datasets"]
 
@@ -232,10 +257,54 @@ def model_index(name: str, metrics: Mapping[str, float], dataset: dict) -> list[
     return eval_results_to_model_index(name, eval_results(metrics, dataset))
 
 
-def _card_tags(arch: dict) -> list[str]:
-    """The card's Hub tags: :data:`TAGS`, then the architecture family's."""
+def _card_tags(arch: dict, key: dict) -> list[str]:
+    """The card's Hub tags: :data:`TAGS`; for encrypted images ``privacy-preserving`` and the
+    tags of the key's scheme (:data:`SCHEME_TAGS`); then the architecture family's."""
+    scheme = [] if arch["plain_images"] else [ENCRYPTED_TAG, *SCHEME_TAGS.get(key["scheme"], [])]
     adaptnet = ["adaptnet"] if arch.get("adaptnet") else []
-    return TAGS + FAMILY_TAGS[arch["family"]] + adaptnet
+    return TAGS + scheme + FAMILY_TAGS[arch["family"]] + adaptnet
+
+
+def card_license(model: nn.Module, license: str | None = None) -> str:
+    """The card's licence: ``license`` if given, else the one the weights' ``pretrained_cfg``
+    names (timm's licence for timm's weights converted under a key, e.g. ``mit`` for
+    ``convmixer_768_32.in1k``; this project's for its own architectures)."""
+    if license:
+        return license
+    found = (getattr(model, "pretrained_cfg", None) or {}).get("license")
+    if not found:
+        raise HubError(
+            "the model's pretrained_cfg names no license, so the card cannot state one; pass "
+            "license=<Hub licence id> (--license), e.g. the licence of the weights you started from"
+        )
+    return str(found)
+
+
+def converted_from(model: nn.Module) -> str | None:
+    """timm's plain tag whose weights the key-bound loader converted into ``model`` (the
+    ``converted_from`` its ``pretrained_cfg`` records), or None: trained here, or loaded
+    otherwise."""
+    found = (getattr(model, "pretrained_cfg", None) or {}).get("converted_from")
+    return str(found) if found else None
+
+
+def unloaded_tag_fields(cfg: Mapping[str, Any]) -> tuple[str, ...]:
+    """The ``pretrained_cfg`` fields that describe weights a model does not hold, which a
+    shared ``config.json`` must not carry: a key-bound tag (timm's plain weights, converted at
+    load) still carries its registered ``tag`` and ``description`` when the architecture was
+    created without ``pretrained=True`` and trained instead; only the key-bound loader records
+    ``converted_from``."""
+    from timm.models import get_pretrained_cfg
+
+    arch, tag = cfg.get("architecture"), cfg.get("tag")
+    if not arch or not tag or cfg.get("converted_from"):
+        return ()
+    registered = get_pretrained_cfg(f"{arch}.{tag}")
+    source = str(getattr(registered, "hf_hub_id", None) or "")
+    converts = source.startswith("timm/") and source.split("/", 1)[1].split(".")[0] != arch
+    if converts and cfg.get("description") == registered.description:
+        return ("tag", "description")
+    return ()
 
 
 def _card_data(
@@ -279,7 +348,7 @@ def results_section(metrics: dict, dataset: dict | None) -> str:
 
 def _recipe_section(recipe: str | Mapping[str, Any] | None) -> str:
     if recipe is None:
-        return "## Training recipe\n\nNo training recipe was provided with this export.\n"
+        return f"## Training recipe\n\n{_NO_RECIPE}\n"
     if isinstance(recipe, Mapping):
         body = "```yaml\n" + yaml.safe_dump(dict(recipe), sort_keys=False) + "```"
     else:
@@ -471,7 +540,7 @@ def model_card(
     metrics: Mapping[str, Any] | None = None,
     dataset: str | Mapping[str, Any] | None = None,
     recipe: str | Mapping[str, Any] | None = None,
-    license: str = "apache-2.0",
+    license: str | None = None,
     repo_id: str | None = None,
     model_name: str | None = None,
     notes: str | None = None,
@@ -482,8 +551,9 @@ def model_card(
     limitations and citations. It never states a number the caller did not measure, and the
     only fact about the key is its fingerprint and scheme version. ``notes`` (markdown) is
     shown first, under the title (the zoo's "PUBLIC key" warning). ``plain_images``: the
-    model classifies unencrypted images (a plain baseline; no key, none recorded). Models:
-    PPConvMixer, and the ShakeDrop PyramidNets with or without AdaptNet (Table I's baselines).
+    model classifies unencrypted images (a plain baseline; no key, none recorded). ``license``:
+    default the weights' (:func:`card_license`). Models: PPConvMixer, and the ShakeDrop
+    PyramidNets with or without AdaptNet (Table I's baselines).
 
     Example:
         >>> card = model_card(model, key=key, metrics={"top1_key": 0.91},
@@ -504,7 +574,12 @@ def model_card(
     data = dataset_reference(dataset)
     if values and data is None:
         raise HubError("metrics need the dataset they were measured on: pass dataset=<Hub id>")
-    arch = {**_architecture(model), "plain_images": plain_images}
+    arch = {
+        **_architecture(model),
+        "plain_images": plain_images,
+        "converted_from": converted_from(model),
+    }
+    license = card_license(model, license)
     name = model_name or (repo_id.split("/")[-1] if repo_id else arch["architecture"])
     hub_id = repo_id or f"<namespace>/{name}"
     sections = [
@@ -516,7 +591,31 @@ def model_card(
         _limitations_section(arch),
         _CITATIONS,
     ]
-    return _card(_card_data(name, license, values, data, _card_tags(arch)), sections)
+    return _card(_card_data(name, license, values, data, _card_tags(arch, facts)), sections)
+
+
+def card_inputs(card: str) -> dict[str, str | None]:
+    """The prose a card written by :func:`model_card` was given (``notes``, ``recipe``), read
+    back from its text, so the card can be written again by the current code around the same
+    words (``python -m hub.publish --refresh-cards``)."""
+    body = ModelCard(card).text
+    title, found, rest = body.lstrip("\n").partition("\n")
+    if not title.startswith("# ") or not found:
+        raise HubError("not a card written by timm_ppconvmixer's model_card: no '# name' title")
+    notes, found, _ = rest.partition("\nAn image classifier")
+    if not found:
+        raise HubError("not a card written by timm_ppconvmixer's model_card: no overview")
+    _, found, section = body.partition("\n## Training recipe\n\n")
+    recipe = section.split("\n## ", 1)[0].strip() if found else None
+    return {"notes": notes.strip() or None, "recipe": None if recipe == _NO_RECIPE else recipe}
+
+
+def card_metrics(card: str) -> dict[str, float]:
+    """The top-1 accuracies a card's ``model-index`` states, by :data:`METRIC_LABELS` key
+    (parsed by huggingface_hub's ``ModelCard``, as the Hub reads them)."""
+    names = {f"Top-1 accuracy, {label}": k for k, label in METRIC_LABELS.items()}
+    results = ModelCard(card).data.eval_results or []
+    return {names[r.metric_name]: float(r.metric_value) for r in results if r.metric_name in names}
 
 
 def card_text(meta: ModelCardData, body: str) -> str:
@@ -566,6 +665,14 @@ def _overview_section(name: str, arch: dict, key: dict, notes: str | None = None
         ("key scheme", scheme),
         ("key fingerprint", fingerprint),
     ]
+    if arch["converted_from"]:
+        rows.append(
+            (
+                "weights",
+                f"timm's `{arch['converted_from']}`, converted exactly to the key's encrypted "
+                "domain at load (the key-bound tag)",
+            )
+        )
     table = "\n".join(f"| {k} | {v} |" for k, v in rows)
     if arch["plain_images"]:
         domain = "**plain images** (the plain baseline of a privacy-preserving comparison)"

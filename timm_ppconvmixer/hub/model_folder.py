@@ -5,8 +5,10 @@ reload through timm and by the leak guard before it appears under its name."""
 from __future__ import annotations
 
 import inspect
+import json
 import os
 import sys
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -16,14 +18,14 @@ import torch
 from timm.models import save_for_hf
 from torch import nn
 
-from ..atomic import atomic_folder
+from ..atomic import atomic_folder, atomic_write_bytes
 from ..key import BlockKey
-from ..models.permutation import MATRIX_ARGS, AdaptivePermutation
+from ..models.permutation import MATRIX_ARGS, PERMUTATION_INITS, AdaptivePermutation
 from ..models.registry import PPConvMixer
 from .errors import HubError
-from .leak_guard import assert_no_key_material
-from .model_card import model_card
-from .train_checkpoint import is_train_checkpoint, load_train_checkpoint
+from .leak_guard import CONVERTED_FROM, assert_no_key_material
+from .model_card import IN_MEMORY_CFG_FIELDS, converted_from, model_card, unloaded_tag_fields
+from .train_checkpoint import converted_source, is_train_checkpoint, load_train_checkpoint
 
 __all__ = [
     "CARD_FILE",
@@ -73,6 +75,12 @@ def model_args_for_export(model: nn.Module) -> dict:
         args |= permutation_args(model.permutation)
     if getattr(model, "key_fingerprint", None) is not None:  # PPConvMixer, AdaptNet models
         args["key_fingerprint"] = model.key_fingerprint
+    init = (getattr(model, "_model_args", None) or {}).get("permutation_init")
+    if init is not None and not (isinstance(init, str) and init in PERMUTATION_INITS):
+        # a block order (or its file) given as P's initial value is key material, and the
+        # weights overwrite P on every rebuild: record the default init instead
+        params = inspect.signature(type(model)).parameters
+        args["permutation_init"] = params["permutation_init"].default
     return args
 
 
@@ -93,8 +101,23 @@ def save_model_folder(
     return Path(out_dir)
 
 
-def _write_weights(model: nn.Module, folder: Path) -> None:
-    save_for_hf(model, folder, model_args=model_args_for_export(model), safe_serialization=True)
+def _write_weights(model: nn.Module, folder: Path, shared: bool = False) -> None:
+    # where a key-bound tag converted a public checkpoint, config.json says which, at its top
+    # level (timm's loader ignores it there): the leak guard refuses to share such weights
+    source = converted_from(model)
+    extra = {CONVERTED_FROM: source} if source else None
+    save_for_hf(model, folder, model_config=extra, model_args=model_args_for_export(model),
+                safe_serialization=True)  # fmt: skip
+    # no in-memory marker timm's PretrainedCfg would refuse on reload; and what is shared
+    # states only what the weights are: no key-bound tag on weights trained here
+    drop = (*IN_MEMORY_CFG_FIELDS, *(unloaded_tag_fields(model.pretrained_cfg) if shared else ()))
+    path = folder / CONFIG_FILE
+    config = json.loads(path.read_text(encoding="utf-8"))
+    if set(drop) & set(config.get("pretrained_cfg", {})):
+        config["pretrained_cfg"] = {
+            k: v for k, v in config["pretrained_cfg"].items() if k not in drop
+        }
+        atomic_write_bytes(path, (json.dumps(config, indent=2) + "\n").encode())
 
 
 def load_model(spec: str | os.PathLike, *, ema: bool = False) -> nn.Module:
@@ -128,8 +151,11 @@ def load_model(spec: str | os.PathLike, *, ema: bool = False) -> nn.Module:
         )
     try:
         model = timm.create_model(name, pretrained=True)
+        source = converted_source(name)
     except (RuntimeError, ValueError, *transport_errors()) as e:
         raise HubError(f"cannot load {text}: {first_line(e)}") from e
+    if source is not None:  # timm keeps only pretrained_cfg: the conversion goes on with it
+        model.pretrained_cfg = model.default_cfg = {**model.pretrained_cfg, CONVERTED_FROM: source}
     return model.eval()
 
 
@@ -169,30 +195,46 @@ def export(
     metrics: Mapping[str, Any] | None = None,
     dataset: str | Mapping[str, Any] | None = None,
     recipe: str | Mapping[str, Any] | None = None,
-    license: str = "apache-2.0",
+    license: str | None = None,
     overwrite: bool = False,
     repo_id: str | None = None,
     model_name: str | None = None,
     allow_key_derived_weights: bool = False,
     notes: str | None = None,
     plain_images: bool = False,
+    allow_public_stem_leak: bool = False,
 ) -> Path:
     """Write a shareable model folder: ``model.safetensors``, ``config.json`` (as timm's
     ``save_for_hf`` writes it) and ``README.md`` (:func:`model_card`).
 
-    With ``key``, the model's recorded fingerprint must be the key's, and the leak guard
-    scans every file for that key's secrets; without it the guard can only find key files and
-    exact permutation matrices. Everything is written into a temporary folder next to
-    ``out_dir`` and renamed into place only after the folder reloads with timm to the same
-    tensors and the guard passed.
+    With ``key``, the leak guard scans every file for that key's secrets, and a model that
+    records a key fingerprint must record that key's; a model that records none (trained on
+    plain images) is exported with none, and the key only serves the guard. Without ``key`` the
+    guard can only find key files, exact permutation matrices and key material in the model
+    arguments. Weights a key-bound tag converted from a public checkpoint (fine-tuned or not)
+    are refused unless ``allow_public_stem_leak=True``: their stem gives the key back to whoever
+    holds that checkpoint (``docs/hub.md``). Everything is written into a temporary folder
+    next to ``out_dir`` and renamed into place only after the folder reloads with timm to the
+    same tensors and the guard passed.
 
     Example:
         >>> export(model, "out/tiny", key=key, metrics={"top1_key": 0.91},
         ...        dataset="zalando-datasets/fashion_mnist", repo_id="me/tiny")  # doctest: +SKIP
     """
+    if key is not None and getattr(model, "key_fingerprint", None) is None:
+        warnings.warn(
+            f"the model records no key fingerprint (a model of plain images?): exported "
+            f"without one; key {key.fingerprint} only serves the leak guard. Set "
+            "model.key_fingerprint if the weights were trained or converted with that key",
+            UserWarning,
+            stacklevel=2,
+        )
+        card_key = None
+    else:
+        card_key = key
     card = model_card(
         model,
-        key=key,
+        key=card_key,
         metrics=metrics,
         dataset=dataset,
         recipe=recipe,
@@ -203,10 +245,11 @@ def export(
         plain_images=plain_images,
     )
     with atomic_folder(out_dir, overwrite, mode=0o755) as tmp:  # meant to be shared
-        _write_weights(model, tmp)
+        _write_weights(model, tmp, shared=True)
         _check_rebuilds(model, tmp)
         (tmp / CARD_FILE).write_text(card, encoding="utf-8")  # inside the staged folder
-        assert_no_key_material(tmp, key, allow_key_derived_weights=allow_key_derived_weights)
+        assert_no_key_material(tmp, key, allow_key_derived_weights=allow_key_derived_weights,
+                               allow_public_stem_leak=allow_public_stem_leak)  # fmt: skip
     return Path(out_dir)
 
 

@@ -7,7 +7,11 @@
 and the run stops before it builds anything (exit status 2, one ``error:`` line) unless the
 data's key fingerprint (its Hub card, or ``ENCRYPTION.json`` of a ``--data-dir`` folder) is the
 fingerprint the model records (``--model-kwargs key_fingerprint=...``, the ``config.json`` of an
-``hf-hub:`` / ``local-dir:`` model, or the one next to ``--pretrained-path``).
+``hf-hub:`` / ``local-dir:`` model, or the one next to ``--pretrained-path``). It also stops a run
+whose ``--model-kwargs`` hold or locate key material (the leak guard's
+:func:`~.leak_guard.key_material_in_model_args`): ``key=KEY_FILE`` (the key on the training
+machine, its path in ``args.yaml`` and every checkpoint) or a block order as
+``permutation_init``; a run on encrypted data needs only the key's fingerprint.
 
 Why a module of its own: ``train.py`` has no hook where the model and the data meet before
 training (the model only ever sees tensors), so the check reads ``train.py``'s own arguments,
@@ -25,6 +29,7 @@ from typing import Any
 
 from .errors import HubError
 from .fingerprints import check_key_fingerprints, dataset_key_fingerprint, model_key_fingerprints
+from .leak_guard import key_material_in_model_args
 
 __all__ = ["check_train_args"]
 
@@ -33,12 +38,15 @@ HOW_TO_SET = "--model-kwargs key_fingerprint"
 
 def check_train_args(args: Any) -> str:
     """Check ``train.py``'s parsed arguments (``--dataset``, ``--data-dir``, ``--model``,
-    ``--model-kwargs``, ``--pretrained-path``); returns the shared key fingerprint.
+    ``--model-kwargs``, ``--pretrained-path``); returns the shared key fingerprint. Refuses
+    ``--model-kwargs`` that hold or locate key material (:func:`_check_model_kwargs`) before it
+    reads any data.
 
     Example:
         >>> check_train_args(argparse.Namespace(dataset="hfds/me/d", ...))  # doctest: +SKIP
         'ppcm1-5b0c...'
     """
+    _check_model_kwargs(getattr(args, "model_kwargs", None) or {})
     dataset = str(getattr(args, "dataset", "") or "")
     if dataset.lower().startswith(("hfds/", "hfids/")):
         source = name = dataset
@@ -59,6 +67,23 @@ def check_train_args(args: Any) -> str:
         pretrained_path=getattr(args, "pretrained_path", None),
     )
     return check_key_fingerprints(data_fp, model_fps, name, HOW_TO_SET)
+
+
+def _check_model_kwargs(kwargs: dict) -> None:
+    """Refuse key material in ``--model-kwargs`` (their values are never shown: a key file's
+    path, an order). The key-bound tags take ``key=`` on the owner's machine only."""
+    found = key_material_in_model_args(kwargs)
+    if not found:
+        return
+    names = ", ".join(sorted({arg.split(".")[0].split("[")[0] for arg, _ in found}))
+    raise HubError(
+        f"--model-kwargs {names}: {'; '.join(what for _, what in found)}. train.py records "
+        "its arguments in args.yaml and in every checkpoint, and a run on encrypted data needs "
+        f"only the key's fingerprint: pass {HOW_TO_SET}=FP instead (the data's card or "
+        "ENCRYPTION.json gives it). The key-bound tags (key=) are for the owner's machine, and "
+        "a model fine-tuned from one gives the key back to whoever holds the public checkpoint "
+        "(docs/hub.md, 'Weights converted from a public checkpoint')"
+    )
 
 
 def _train_py_args() -> Any:

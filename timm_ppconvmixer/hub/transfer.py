@@ -67,7 +67,8 @@ def _check_shareable(folder: Path, key: BlockKey | None) -> None:
     if key is not None:
         config = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
         recorded = (config.get("model_args") or {}).get("key_fingerprint")
-        if recorded != key.fingerprint:
+        # a model that records no key (plain images) is shared without one; the key scans
+        if recorded is not None and recorded != key.fingerprint:
             raise HubError(
                 f"{folder / CONFIG_FILE} records key {recorded}, not {key.fingerprint}; pass the "
                 "key the model was made for"
@@ -79,15 +80,22 @@ def upload_model_folder(
     repo_id: str,
     *,
     key: BlockKey | None = None,
-    private: bool = False,
+    private: bool = True,
     revision: str | None = None,
     token: str | None = None,
     commit_message: str = "Upload PPConvMixer model",
     allow_key_derived_weights: bool = False,
+    allow_public_stem_leak: bool = False,
     log: Callable[[str], None] | None = print,
 ) -> str:
     """Upload an exported folder (:func:`export`) with the real ``huggingface_hub`` client,
     after scanning every file with the leak guard again; returns the commit URL.
+
+    The repository is created private unless ``private=False`` (an existing one keeps its
+    visibility); ``revision`` names a branch, created from ``main`` if missing. The commit
+    makes the repository (at that revision) hold exactly the folder's files, besides the
+    ``.gitattributes`` the Hub keeps: files of an earlier push that the folder lacks are
+    deleted (``upload_folder(delete_patterns="*")``).
 
     Example:
         >>> upload_model_folder("out/tiny", "me/tiny", key=key)  # doctest: +SKIP
@@ -98,7 +106,10 @@ def upload_model_folder(
     folder = Path(folder)
     _check_shareable(folder, key)
     findings = assert_no_key_material(
-        folder, key, allow_key_derived_weights=allow_key_derived_weights
+        folder,
+        key,
+        allow_key_derived_weights=allow_key_derived_weights,
+        allow_public_stem_leak=allow_public_stem_leak,
     )
     say = log or (lambda _: None)
     for finding in findings:
@@ -115,9 +126,9 @@ def upload_model_folder(
         repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
         if revision not in (None, "main"):
             api.create_branch(repo_id, branch=revision, exist_ok=True)
-        info = api.upload_folder(
-            repo_id=repo_id, folder_path=folder, revision=revision, commit_message=commit_message
-        )
+        # "*" deletes what an earlier push left and this one lacks (.gitattributes is kept)
+        info = api.upload_folder(repo_id=repo_id, folder_path=folder, revision=revision,
+                                 commit_message=commit_message, delete_patterns="*")  # fmt: skip
     except transport_errors() as e:
         raise HubError(
             f"upload to {repo_id} failed: {first_line(e)}; check the token (--token, HF_TOKEN or "
@@ -132,20 +143,22 @@ def push_to_hub(
     repo_id: str,
     *,
     key: BlockKey | None = None,
-    private: bool = False,
+    private: bool = True,
     revision: str | None = None,
     token: str | None = None,
     commit_message: str = "Upload PPConvMixer model",
     metrics: Mapping[str, Any] | None = None,
     dataset: str | Mapping[str, Any] | None = None,
     recipe: str | Mapping[str, Any] | None = None,
-    license: str = "apache-2.0",
+    license: str | None = None,
     model_name: str | None = None,
     allow_key_derived_weights: bool = False,
+    allow_public_stem_leak: bool = False,
     log: Callable[[str], None] | None = print,
 ) -> str:
     """Export ``model`` to a temporary folder (card and leak guard included) and upload it to
-    ``repo_id`` (created if needed); returns the commit URL. Pull it back with
+    ``repo_id`` (created private if needed; ``private=False`` publishes it openly) as
+    :func:`upload_model_folder` does; returns the commit URL. Pull it back with
     ``timm.create_model("hf-hub:<repo_id>", pretrained=True)`` after ``import timm_ppconvmixer``.
 
     Example:
@@ -164,6 +177,7 @@ def push_to_hub(
             repo_id=repo_id,
             model_name=model_name,
             allow_key_derived_weights=allow_key_derived_weights,
+            allow_public_stem_leak=allow_public_stem_leak,
         )
         return upload_model_folder(
             folder,
@@ -174,6 +188,7 @@ def push_to_hub(
             token=token,
             commit_message=commit_message,
             allow_key_derived_weights=allow_key_derived_weights,
+            allow_public_stem_leak=allow_public_stem_leak,
             log=log,
         )
 
