@@ -1,6 +1,10 @@
 import json
 import os
+import re
 import stat
+import subprocess
+import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -8,6 +12,7 @@ import torch
 from conftest import holds_key_material
 
 from timm_ppconvmixer import BlockKey, InvalidKeyError
+from timm_ppconvmixer.schemes.base import MAX_KEY_FILE_BYTES
 
 
 def test_generate_shapes_and_permutations():
@@ -117,15 +122,66 @@ def test_fingerprint_is_salted_so_it_cannot_confirm_a_guessed_key(tmp_path):
     assert BlockKey.load(key.save(tmp_path / "k.key")).fingerprint == key.fingerprint
 
 
-def test_unsalted_early_key_files_still_load(tmp_path):
+def test_a_key_file_without_fingerprint_is_refused_with_how_to_rewrite_it(tmp_path):
+    """The fingerprint is the file's integrity check: without it an edited key would load
+    unchecked. The message's one-liner rewrites the file once, and the rewrite loads."""
     data = json.loads(BlockKey.generate(16, 4, seed=0).to_json())
-    data.pop("salt")
+    data.pop("salt")  # an unsalted early key file
     data.pop("fingerprint")
     path = tmp_path / "old.key"
     path.write_text(json.dumps(data))
-    key = BlockKey.load(path)
-    assert "salt" not in json.loads(key.to_json())
-    assert BlockKey.load(key.save(tmp_path / "again.key")) == key
+    with pytest.raises(InvalidKeyError, match="no 'fingerprint' field") as err:
+        BlockKey.load(path)
+    command = re.search(r'python -c "(.*)" OLD.key NEW.key', str(err.value)).group(1)
+    new = tmp_path / "new.key"
+    subprocess.run([sys.executable, "-c", command, str(path), str(new)], check=True)
+    key = BlockKey.load(new)
+    assert "salt" not in json.loads(key.to_json()) and "fingerprint" in json.loads(new.read_text())
+    assert key.block_perm.tolist() == data["block_perm"]
+
+
+def test_only_a_bounded_regular_file_is_read_as_a_key(tmp_path):
+    fifo = tmp_path / "fifo.key"
+    os.mkfifo(fifo)  # opening it for reading would block for ever
+    with pytest.raises(InvalidKeyError, match="not a regular file"):
+        BlockKey.load(fifo)
+    with pytest.raises(InvalidKeyError, match="not a regular file"):
+        BlockKey.load("/dev/zero")  # would be read until memory runs out
+    big = tmp_path / "big.key"
+    with open(big, "wb") as f:
+        f.truncate(MAX_KEY_FILE_BYTES + 1)  # sparse: no disk used
+    with pytest.raises(InvalidKeyError, match="at most"):
+        BlockKey.load(big)
+
+
+def test_a_key_file_others_can_read_gets_a_loud_warning_with_the_chmod(tmp_path):
+    path = BlockKey.generate(16, 4, seed=0).save(tmp_path / "mine.key")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        BlockKey.load(path)  # saved 0600: silent
+    for mode in (0o644, 0o640, 0o666):
+        os.chmod(path, mode)
+        with pytest.warns(UserWarning, match=f"chmod 600 {re.escape(str(path))}"):
+            BlockKey.load(path)
+    public = tmp_path / "demo.PUBLIC.key"
+    public.write_bytes(path.read_bytes())
+    os.chmod(public, 0o644)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        BlockKey.load(public)  # published by design
+
+
+def test_an_out_of_range_or_huge_entry_says_what_is_wrong(tmp_path):
+    data = json.loads(BlockKey.generate(16, 4, seed=0).to_json())
+    path = tmp_path / "k.key"
+    bad = dict(data, block_perm=[99] + data["block_perm"][1:])
+    path.write_text(json.dumps(bad))
+    with pytest.raises(InvalidKeyError, match="entry 99 is out of that range"):
+        BlockKey.load(path)
+    bad = dict(data, block_perm=[10**30] + data["block_perm"][1:])
+    path.write_text(json.dumps(bad))
+    with pytest.raises(InvalidKeyError, match="too large"):
+        BlockKey.load(path)
 
 
 def test_float_entries_are_refused_not_truncated(tmp_path):

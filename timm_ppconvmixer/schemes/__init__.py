@@ -112,6 +112,6 @@ def load_key(path: str | os.PathLike) -> SchemeKey:
     return SchemeKey.load(path)
 
 
-def key_from_json(text: str, source: str = "key") -> SchemeKey:
-    """Parse a key file's content of any scheme."""
-    return SchemeKey.from_json(text, source)
+def key_from_json(text: str, source: str = "key", require_fingerprint: bool = True) -> SchemeKey:
+    """Parse a key file's content of any scheme (see :meth:`SchemeKey.from_json`)."""
+    return SchemeKey.from_json(text, source, require_fingerprint=require_fingerprint)

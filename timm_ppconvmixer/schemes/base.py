@@ -30,7 +30,9 @@ import hashlib
 import json
 import os
 import secrets
+import stat
 import threading
+import warnings
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import ClassVar, TypeVar
@@ -56,6 +58,9 @@ FINGERPRINT_PREFIX = "ppcm1-"
 BLOCKWISE_FILE_SCHEME = "ppconvmixer-blockwise"  # what a key file without "scheme" is
 T = TypeVar("T")
 K = TypeVar("K", bound="SchemeKey")
+# the largest key file read (a PE key at 1024x1024 is about 20 MB of JSON); anything larger,
+# like a device that never ends, is not a key file
+MAX_KEY_FILE_BYTES = 64 * 1024 * 1024
 _REGISTRY: dict[str, type[SchemeKey]] = {}  # file scheme name -> key class
 
 
@@ -342,12 +347,16 @@ class SchemeKey:
         return path
 
     @classmethod
-    def from_json(cls: type[K], text: str, source: str = "key") -> K:
+    def from_json(
+        cls: type[K], text: str, source: str = "key", require_fingerprint: bool = True
+    ) -> K:
         """Parse and validate a key file's content; ``source`` names it in error messages.
 
         On :class:`SchemeKey` itself this returns the key of whatever scheme the file holds;
         on a scheme's class (``BlockKey.from_json``) a file of another scheme is refused with
-        an error that names the scheme it holds.
+        an error that names the scheme it holds. The ``fingerprint`` field is the file's
+        integrity check and is required; ``require_fingerprint=False`` reads a file written
+        without one, once, to rewrite it with :meth:`save`.
         """
         try:
             data = json.loads(text)
@@ -379,6 +388,14 @@ class SchemeKey:
             raise InvalidKeyError(f"{source}: {e}") from None
         except (TypeError, ValueError) as e:
             raise InvalidKeyError(f"{source}: malformed key field ({e})") from None
+        if "fingerprint" not in data and require_fingerprint:
+            raise InvalidKeyError(
+                f"{source}: the key file has no 'fingerprint' field, so its content cannot be "
+                'checked; if you wrote it yourself, rewrite it once with: python -c "import '
+                "pathlib, sys; from timm_ppconvmixer.key import key_from_json as k; "
+                "k(pathlib.Path(sys.argv[1]).read_text(), require_fingerprint=False)"
+                '.save(sys.argv[2])" OLD.key NEW.key'
+            )
         if "fingerprint" in data and data["fingerprint"] != key.fingerprint:
             raise InvalidKeyError(
                 f"{source}: fingerprint mismatch (file says {data['fingerprint']}, content gives "
@@ -408,12 +425,41 @@ class SchemeKey:
 
     @classmethod
     def load(cls: type[K], path: str | os.PathLike) -> K:
-        """Read and validate a key file written by :meth:`save` (see :meth:`from_json`)."""
+        """Read and validate a key file written by :meth:`save` (see :meth:`from_json`).
+
+        Only a regular file of at most :data:`MAX_KEY_FILE_BYTES` is read (a FIFO or a device
+        such as ``/dev/zero`` is refused, never read); a key file that others than its owner
+        may read (group or world permission bits, as ssh checks a private key) gets a
+        ``UserWarning`` naming the ``chmod`` to run, unless its name ends in ``.PUBLIC.key``
+        (the package's published demonstration keys).
+        """
         path = Path(path)
         try:
-            text = path.read_text(encoding="utf-8")
+            info = path.stat()
         except FileNotFoundError:
             raise FileNotFoundError(f"key file {path} does not exist") from None
+        if not stat.S_ISREG(info.st_mode):
+            raise InvalidKeyError(
+                f"{path}: not a key file (not a regular file); pass the key file itself"
+            )
+        if info.st_size > MAX_KEY_FILE_BYTES:
+            raise InvalidKeyError(
+                f"{path}: not a key file ({info.st_size} bytes; key files are at most "
+                f"{MAX_KEY_FILE_BYTES} bytes)"
+            )
+        if os.name == "posix" and info.st_mode & 0o077 and not path.name.endswith(".PUBLIC.key"):
+            warnings.warn(
+                f"key file {path} can be read by other users (mode {info.st_mode & 0o777:o}); "
+                f"anyone who reads it can decrypt your images: run `chmod 600 {path}`",
+                UserWarning,
+                stacklevel=2,
+            )
+        with open(path, "rb") as f:  # bounded: the file may have grown since stat
+            raw = f.read(MAX_KEY_FILE_BYTES + 1)
+        if len(raw) > MAX_KEY_FILE_BYTES:
+            raise InvalidKeyError(f"{path}: not a key file (over {MAX_KEY_FILE_BYTES} bytes)")
+        try:
+            text = raw.decode("utf-8")
         except UnicodeDecodeError:
             raise InvalidKeyError(f"{path}: not a key file (not UTF-8 text)") from None
         return cls.from_json(text, source=str(path))

@@ -98,6 +98,8 @@ def parse_field(f: Field, value: object) -> np.ndarray:
         raise InvalidKeyError(f"{f.name} must be a list of integers")
     if len({len(r) for r in rows}) > 1:  # type: ignore[arg-type]
         raise InvalidKeyError(f"{f.name} must have rows of equal length")
+    if any(not -(2**63) <= v < 2**63 for r in rows for v in r):  # type: ignore[union-attr]
+        raise InvalidKeyError(f"{f.name} holds an integer too large for any key field")
     return np.asarray(value, dtype=np.int64)
 
 
@@ -128,6 +130,13 @@ def validated(f: Field, value, geometry: str) -> torch.Tensor:
         raise InvalidKeyError(
             f"{f.name} must be {rows} permutation(s) of 0..{length - 1} ({geometry}), got shape "
             f"{tuple(np.shape(value))}"
+        )
+    outside = (a < 0) | (a >= length)
+    if outside.any():
+        bad = int(a[outside][0])
+        raise InvalidKeyError(
+            f"{f.name} must be {rows} permutation(s) of 0..{length - 1} ({geometry}); entry "
+            f"{bad} is out of that range"
         )
     if not (np.sort(a, axis=1) == np.arange(length)).all():
         raise InvalidKeyError(
