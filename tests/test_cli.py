@@ -173,3 +173,38 @@ def test_pe_per_image_encrypts_without_a_key_and_refuses_to_decrypt(tmp_path, ca
     proc = run("decrypt-image", "--scheme", "pe-per-image", out1, tmp_path / "c.png", ok=False)
     assert proc.returncode == 1 and "cannot be decrypted, by design" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "c.png").exists()
+
+
+@pytest.mark.parametrize("command", ["encrypt-image", "decrypt-image"])
+def test_an_image_command_never_writes_onto_its_input(tmp_path, command):
+    key_path = BlockKey.generate(32, 4, seed=0).save(tmp_path / "k.key")
+    image = tmp_path / "photo.png"
+    size = (64, 48) if command == "encrypt-image" else (32, 32)  # decrypt needs the key's size
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (*size[::-1], 3), np.uint8)).save(
+        image
+    )
+    original = image.read_bytes()
+    for extra in ([], ["--overwrite"]):  # not even with --overwrite: the input would be lost
+        proc = run(command, "--key", key_path, *extra, image, image, ok=False)
+        assert proc.returncode == 1 and "the output is the input" in proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1
+        assert image.read_bytes() == original
+    link = tmp_path / "same.png"  # another name for the same file
+    os.link(image, link)
+    proc = run(command, "--key", key_path, "--overwrite", image, link, ok=False)
+    assert "the output is the input" in proc.stderr and image.read_bytes() == original
+
+
+@pytest.mark.parametrize("command", ["encrypt-image", "decrypt-image"])
+def test_an_image_command_replaces_an_existing_output_only_with_overwrite(tmp_path, command):
+    key_path = BlockKey.generate(32, 4, seed=0).save(tmp_path / "k.key")
+    image = tmp_path / "in.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (32, 32, 3), np.uint8)).save(image)
+    out = tmp_path / "out.png"
+    out.write_bytes(b"someone's earlier result")
+    proc = run(command, "--key", key_path, image, out, ok=False)
+    assert proc.returncode == 1 and "pass --overwrite" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert out.read_bytes() == b"someone's earlier result"
+    run(command, "--key", key_path, "--overwrite", image, out)
+    assert Image.open(out).size == (32, 32)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 from ..atomic import atomic_save
@@ -56,7 +57,8 @@ def add_key_parsers(sub: argparse._SubParsersAction) -> None:
         p = sub.add_parser(name, help=text)
         add_key_source_arguments(p)
         p.add_argument("input")
-        p.add_argument("output", help="lossless output file (.png recommended)")
+        p.add_argument("output", help="lossless output file (.png recommended); never INPUT")
+        p.add_argument("--overwrite", action="store_true", help="replace an existing OUTPUT")
         p.set_defaults(func=lambda a, inv=inverse: _cmd_image(a, inv))
     p = sub.add_parser(
         "convert",
@@ -109,9 +111,22 @@ def _cmd_key_info(args: argparse.Namespace) -> None:
     print(json.dumps(key.describe(), indent=2))
 
 
+def _check_image_output(source: Path, out: Path, overwrite: bool) -> None:
+    """Refuse an OUTPUT that would destroy data: the input itself (the resize to the key's size
+    cannot be undone), or any existing file unless --overwrite, as keygen and convert."""
+    if out.exists() and source.exists() and os.path.samefile(source, out):
+        raise CLIError(
+            f"{out}: the output is the input; write the result to another file (the input "
+            "would be lost)"
+        )
+    if out.exists() and not overwrite:
+        raise CLIError(f"{out} exists; pass --overwrite to replace it, or choose another output")
+
+
 def _cmd_image(args: argparse.Namespace, inverse: bool) -> None:
-    key = key_from_args(args, decrypt=inverse)
     out = Path(args.output)
+    _check_image_output(Path(args.input), out, args.overwrite)
+    key = key_from_args(args, decrypt=inverse)
     check_lossless(out)
     img = open_image(Path(args.input))
     if inverse:
